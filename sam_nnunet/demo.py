@@ -1,0 +1,161 @@
+"""Demo data and the end-to-end demo (``sam-nnunet demo``): the stock nnU-Net commands, run on our trainer.
+
+A user without data gets a small synthetic dataset generated here (two adjacent structures in noisy volumes, shaped
+like the MSD hippocampus task); a user with Medical Segmentation Decathlon data points the demo at a Task folder.
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+DEMO_DATASET_ID = 990
+DEMO_DATASET_NAME = "SAMDemo"
+
+
+def _write(array: np.ndarray, path: str, spacing: Sequence[float]) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # SimpleITK spacing is (x, y, z)
+    sitk.WriteImage(image, path, useCompression=True)
+
+
+def synthetic_case(rng: np.random.Generator, shape=(36, 44, 36)):
+    """One volume (z, y, x) with label 1 and label 2: two touching ellipsoids of different brightness in noise."""
+    zz, yy, xx = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    centre = np.array(shape, dtype=np.float32) / 2 + rng.uniform(-4, 4, size=3)
+    radii = np.array([6, 9, 5], dtype=np.float32) * rng.uniform(0.8, 1.2, size=3)
+    inside = lambda c, r: ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
+    anterior = inside(centre - [0, radii[1] * 0.6, 0], radii * [1, 0.7, 1])
+    posterior = inside(centre + [0, radii[1] * 0.6, 0], radii * [0.8, 0.7, 0.8]) & ~anterior
+    label = np.zeros(shape, dtype=np.uint8)
+    label[anterior] = 1
+    label[posterior] = 2
+    field = np.sin(zz / shape[0] * np.pi * rng.uniform(0.5, 1.5)) * 0.2  # smooth intensity inhomogeneity
+    image = 0.3 + field + 0.25 * rng.standard_normal(shape).astype(np.float32)
+    image[anterior] += 1.0
+    image[posterior] += 0.6
+    return (image * 100).astype(np.float32), label
+
+
+def make_synthetic_dataset(nnunet_raw: str, dataset_id: int = DEMO_DATASET_ID, num_train: int = 12,
+                           num_test: int = 3, seed: int = 0) -> str:
+    """Write an nnU-Net raw dataset (imagesTr, labelsTr, imagesTs, labelsTs, dataset.json); returns its folder."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    folder = os.path.join(nnunet_raw, f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}")
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(num_train + num_test):
+        image, label = synthetic_case(rng)
+        split = "Tr" if i < num_train else "Ts"
+        name = f"demo_{i:03d}"
+        _write(image, os.path.join(folder, f"images{split}", f"{name}_0000.nii.gz"), (1.0, 1.0, 1.0))
+        _write(label, os.path.join(folder, f"labels{split}", f"{name}.nii.gz"), (1.0, 1.0, 1.0))
+    generate_dataset_json(folder, {0: "MRI"}, {"background": 0, "anterior": 1, "posterior": 2}, num_train,
+                          ".nii.gz", dataset_name=f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}",
+                          description="synthetic demo data of sam-nnunet (two adjacent structures in noise)")
+    return folder
+
+
+def make_msd_subset(msd_task_dir: str, out_parent: str, num_train: int, num_test: int) -> str:
+    """A Decathlon Task folder with the first ``num_train`` training cases, plus ``num_test`` further labelled
+    training cases placed in imagesTs (their labels in labelsTs), as links. Converts with
+    ``nnUNetv2_convert_MSD_dataset`` like the full task; the held-out labels allow evaluating predictions."""
+    with open(os.path.join(msd_task_dir, "dataset.json")) as f:
+        meta = json.load(f)
+    cases = sorted(os.path.basename(t["image"]) for t in meta["training"])
+    if len(cases) < num_train + num_test:
+        raise ValueError(f"{msd_task_dir} has {len(cases)} training cases, fewer than {num_train + num_test}")
+    out = os.path.join(out_parent, os.path.basename(os.path.normpath(msd_task_dir)))
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    train, test = cases[:num_train], cases[num_train:num_train + num_test]
+    for name in train:
+        for sub in ("imagesTr", "labelsTr"):
+            os.symlink(os.path.join(os.path.abspath(msd_task_dir), sub, name), os.path.join(out, sub, name))
+    for name in test:
+        os.symlink(os.path.join(os.path.abspath(msd_task_dir), "imagesTr", name), os.path.join(out, "imagesTs", name))
+        os.symlink(os.path.join(os.path.abspath(msd_task_dir), "labelsTr", name), os.path.join(out, "labelsTs", name))
+    meta["training"] = [{"image": f"./imagesTr/{n}", "label": f"./labelsTr/{n}"} for n in train]
+    meta["numTraining"] = len(train)
+    meta["test"] = [f"./imagesTs/{n}" for n in test]
+    meta["numTest"] = len(test)
+    with open(os.path.join(out, "dataset.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return out
+
+
+def run(cmd: List[str], env: Optional[Dict[str, str]] = None) -> None:
+    """Run one command as a user would type it, echoing it first; stop on failure."""
+    print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    subprocess.run(cmd, check=True, env=env)
+
+
+def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMAdapterTrainer",
+             epochs: int = 2, iterations: int = 10, fold: int = 0) -> str:
+    """Generate (or convert) a dataset, plan and preprocess, train one fold, predict the test images, evaluate.
+
+    Every step is the stock nnU-Net command line. Uses nnUNet_SAM_checkpoint when the user set one; otherwise the
+    tiny random-weight encoder ``vit_test`` with nnUNet_SAM_allow_random_init=1 (said so). Returns the folder of
+    predictions.
+    """
+    from sam_nnunet.nnunet_env import required_environment
+
+    env = dict(os.environ)
+    env.update(required_environment(work_dir))
+    env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
+    env.setdefault("nnUNet_n_proc_DA", str(min(4, os.cpu_count() or 1)))
+    env.setdefault("nnUNet_SAM_num_epochs", str(epochs))
+    env.setdefault("nnUNet_SAM_iterations_per_epoch", str(iterations))
+    if not env.get("nnUNet_SAM_checkpoint"):
+        env.setdefault("nnUNet_SAM_encoder", "vit_test")
+        env.setdefault("nnUNet_SAM_allow_random_init", "1")
+        print("No nnUNet_SAM_checkpoint set: the demo trains the tiny random-weight encoder 'vit_test' "
+              "(a smoke run of the pipeline, not a foundation model). Export nnUNet_SAM_checkpoint=/path/to/"
+              "sam_vit_b_01ec64.pth to run it with real SAM weights.")
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[key], exist_ok=True)
+    if os.path.isdir(work_dir) and os.listdir(env["nnUNet_results"]):
+        raise SystemExit(f"sam-nnunet demo: {work_dir} holds results of an earlier demo; remove it or pass "
+                         f"another --work-dir")
+
+    device = "cuda" if _cuda_available() else "cpu"
+    bin_dir = os.path.dirname(sys.executable)
+    tool = lambda name: os.path.join(bin_dir, name) if os.path.exists(os.path.join(bin_dir, name)) else name
+    if msd_task:
+        run([tool("nnUNetv2_convert_MSD_dataset"), "-i", msd_task], env)
+        task_id = int(os.path.basename(os.path.normpath(msd_task)).split("_")[0][4:])
+        dataset = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{task_id:03d}_")][0]
+    else:
+        print(f"Generating a synthetic dataset in {env['nnUNet_raw']}", flush=True)
+        dataset = os.path.basename(make_synthetic_dataset(env["nnUNet_raw"]))
+    dataset_id = dataset[len("Dataset"):len("Dataset") + 3]
+    raw = os.path.join(env["nnUNet_raw"], dataset)
+    predictions = os.path.join(work_dir, "predictions")
+
+    run([tool("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
+         "--verify_dataset_integrity"], env)
+    run([tool("nnUNetv2_train"), dataset_id, "3d_fullres", str(fold), "-tr", trainer, "-device", device], env)
+    run([tool("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id,
+         "-c", "3d_fullres", "-tr", trainer, "-f", str(fold), "-device", device, "-npp", "1", "-nps", "1"], env)
+    labels_ts = os.path.join(raw, "labelsTs")
+    if os.path.isdir(labels_ts) and os.listdir(labels_ts):
+        run([tool("nnUNetv2_evaluate_folder"), labels_ts, predictions,
+             "-djfile", os.path.join(predictions, "dataset.json"), "-pfile", os.path.join(predictions, "plans.json")],
+            env)
+        with open(os.path.join(predictions, "summary.json")) as f:
+            summary = json.load(f)
+        print("\nDice on the held-out test cases: " + ", ".join(
+            f"label {k}: {v['Dice']:.3f}" for k, v in summary["mean"].items()))
+    print(f"\nPredictions: {predictions}\nModel: {env['nnUNet_results']}/{dataset}/{trainer}__nnUNetPlans__3d_fullres")
+    return predictions
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()

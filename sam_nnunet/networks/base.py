@@ -1,0 +1,80 @@
+"""What every SAM network of this package shares: frozen parts, pretrained-weight provenance, parameter report."""
+from typing import Dict, Iterable, Optional
+
+import torch
+from torch import nn
+
+
+class SAMNetworkBase(nn.Module):
+    """Base of the networks our trainers build.
+
+    A subclass
+      - builds its modules in ``__init__`` with random weights (nnU-Net builds networks at inference too, where the
+        trained weights come from nnU-Net's own checkpoint),
+      - lists the submodules whose weights come from the foundation model in ``pretrained_modules()``,
+      - freezes what the method freezes (``requires_grad=False``) in ``__init__``,
+      - implements ``load_pretrained(state_dict, path)``, called by the trainer after nnU-Net built the network.
+
+    The provenance of the pretrained weights (encoder name, checkpoint sha256) is part of the state dict
+    (``_extra_state``), so it is saved in every nnU-Net checkpoint and travels with exported models.
+    """
+
+    def __init__(self, encoder: str) -> None:
+        super().__init__()
+        self.encoder_name = encoder
+        self.pretrained_info: Dict[str, Optional[str]] = {"encoder": encoder, "checkpoint": None, "sha256": None}
+
+    # ---- what the subclass provides -------------------------------------------------------------------------
+    def pretrained_modules(self) -> Dict[str, nn.Module]:
+        """{attribute name: module} of everything initialised from the foundation-model checkpoint."""
+        raise NotImplementedError
+
+    def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str = "the checkpoint") -> None:
+        """Copy the foundation model's weights into ``pretrained_modules()`` (strict; resizing where needed)."""
+        raise NotImplementedError
+
+    # ---- shared behaviour -------------------------------------------------------------------------------------
+    def record_pretrained(self, checkpoint: Optional[str], sha256: Optional[str]) -> None:
+        self.pretrained_info = {"encoder": self.encoder_name, "checkpoint": checkpoint, "sha256": sha256}
+
+    def get_extra_state(self):
+        return dict(self.pretrained_info)
+
+    def set_extra_state(self, state) -> None:
+        if isinstance(state, dict):
+            self.pretrained_info = dict(state)
+
+    def pretrained_parameter_names(self) -> set:
+        names = set()
+        for prefix, module in self.pretrained_modules().items():
+            names.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
+        return names
+
+    def parameter_report(self) -> Dict[str, int]:
+        """Counts of trainable, frozen, added (not from the checkpoint) and total parameters."""
+        pretrained = self.pretrained_parameter_names()
+        trainable = frozen = added = 0
+        for name, p in self.named_parameters():
+            n = p.numel()
+            if p.requires_grad:
+                trainable += n
+            else:
+                frozen += n
+            if name not in pretrained:
+                added += n
+        return {"trainable": trainable, "frozen": frozen, "added": added, "total": trainable + frozen}
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True):
+        # nnU-Net calls network.train() every epoch; statistics and dropout of frozen pretrained parts must not
+        # change with it: a BatchNorm or Dropout inside a pretrained module, with no trainable weight, stays in eval
+        super().train(mode)
+        if mode:
+            pretrained = {id(m) for part in self.pretrained_modules().values() for m in part.modules()}
+            for module in self.modules():
+                if id(module) in pretrained and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) \
+                        and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self

@@ -1,0 +1,117 @@
+"""3DSAM-adapter (Gong et al., MedIA 2024) in its prompt-free form, for any nnU-Net patch.
+
+Data flow for a patch (B, C_in, D, H, W), D the slice axis:
+
+    input channels -> 3 (replicate / pass / 1x1x1 projection)        InputChannelAdapter
+    pad each axis to a multiple of 4
+    x4 trilinear upsampling, SAM's frozen 16x16 patch embedding      SliceMergePatchEmbed3d
+      per slice, trainable depth-wise merge of 16 slices -> tokens (B, D/4, H/4, W/4, C)
+    + SAM's absolute position embedding resized in-plane             volumetric_pos_embed
+      + learnable depth embedding (32 positions, interpolated)
+    SAM's frozen blocks, each preceded by a spatial adapter, with    SpatialAdapter3d, window_attention_3d
+      3D (shifted) window attention and a trainable depth table
+      of relative positions; block LayerNorms trained
+    features after every quarter of the blocks -> four 3D necks     Neck3d
+    multi-layer aggregation decoder (+ raw image at half res.)     MultiLayerAggregationDecoder3d
+    crop back to (D, H, W) -> logits (B, num_classes, D, H, W)
+"""
+from typing import Dict
+
+import torch
+from torch import nn
+
+from sam_nnunet.blocks.adapters import SpatialAdapter3d
+from sam_nnunet.blocks.attention3d import window_attention_3d, window_attention_mask, window_layout
+from sam_nnunet.blocks.channels import InputChannelAdapter
+from sam_nnunet.blocks.necks import Neck3d
+from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
+from sam_nnunet.blocks.patch_embed import SliceMergePatchEmbed3d
+from sam_nnunet.blocks.position import volumetric_pos_embed
+from sam_nnunet.decoders.mla import MultiLayerAggregationDecoder3d
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.networks.base import SAMNetworkBase
+
+
+class SAMAdapterNetwork(SAMNetworkBase):
+    """3DSAM-adapter network, built from nnU-Net plans (``architecture.arch_kwargs``).
+
+    Arguments:
+      input_channels: nnU-Net's input channels (any number).
+      num_classes: nnU-Net's segmentation heads.
+      encoder: SAM ViT size (``vit_b``, ``vit_l``, ``vit_h``, ``vit_test``).
+      max_window: largest 3D attention window, in tokens per axis (8 in the paper).
+      depth_positions: length of the learnable depth embedding (32 = the paper's 128-voxel patch / 4).
+      deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
+    """
+
+    upsample = 4
+    slices_per_token = 16
+
+    def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
+                 depth_positions: int = 32, deep_supervision: bool = False) -> None:
+        super().__init__(encoder)
+        if deep_supervision:
+            raise ValueError("SAMAdapterNetwork has no multi-scale heads; build it with deep_supervision=False")
+        if encoder not in SAM_VIT_CONFIGS:
+            raise ValueError(f"SAMAdapterNetwork adapts a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}); got {encoder!r}")
+        cfg = SAM_VIT_CONFIGS[encoder]
+        dim = cfg.embed_dim
+        self.max_window = max_window
+
+        self.channels = InputChannelAdapter(input_channels, 3)
+        # the official encoder holds every pretrained weight under SAM's own key names; its 2D neck is not used
+        self.vit = build_sam_image_encoder(encoder)
+        del self.vit.neck
+        self.token_embed = SliceMergePatchEmbed3d(dim, cfg.patch_size, self.upsample, self.slices_per_token)
+        self.depth_embed = nn.Parameter(torch.ones(1, depth_positions, dim))
+        self.adapters = nn.ModuleList(SpatialAdapter3d(dim, dim // 2) for _ in range(cfg.depth))
+        # depth table of relative positions, one per block, the shape of that block's h/w tables
+        self.rel_pos_d = nn.ParameterList(
+            nn.Parameter(0.5 * (b.attn.rel_pos_h.detach() + b.attn.rel_pos_w.detach())) for b in self.vit.blocks)
+        self.taps = tuple(cfg.depth // 4 * (i + 1) - 1 for i in range(4))
+        self.necks = nn.ModuleList(Neck3d(dim, cfg.out_chans) for _ in self.taps)
+        self.decoder = MultiLayerAggregationDecoder3d(cfg.out_chans, cfg.out_chans // 2, len(self.taps),
+                                                      input_channels, num_classes)
+
+        # frozen: SAM's patch embedding, absolute positions, attention, MLPs, h/w relative positions;
+        # trained: block LayerNorms and everything added
+        self.vit.requires_grad_(False)
+        for block in self.vit.blocks:
+            block.norm1.requires_grad_(True)
+            block.norm2.requires_grad_(True)
+
+    @property
+    def stride(self) -> int:
+        return self.token_embed.stride
+
+    def pretrained_modules(self) -> Dict[str, nn.Module]:
+        return {"vit": self.vit}
+
+    def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str = "the checkpoint") -> None:
+        load_submodule_state(self.vit, state_dict, "image_encoder.", ignore_prefixes=("neck.",), path=path)
+        # the depth tables start from the mean of the pretrained in-plane tables
+        with torch.no_grad():
+            for table, block in zip(self.rel_pos_d, self.vit.blocks):
+                table.copy_(0.5 * (block.attn.rel_pos_h + block.attn.rel_pos_w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, spatial = pad_to_multiple(x, (self.stride,) * 3)
+        tokens = self.token_embed(self.channels(image), self.vit.patch_embed)  # (B, d, h, w, C)
+        grid = tokens.shape[1:4]
+        tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
+
+        # two layouts: plain windows, and windows shifted by half a window (even blocks, as in the paper)
+        layouts = {shifted: window_layout(grid, self.max_window, shifted) for shifted in (False, True)}
+        masks = {s: window_attention_mask(lay, tokens.device, tokens.dtype) for s, lay in layouts.items()}
+        features = []
+        for i, (block, adapter, rel_pos_d) in enumerate(zip(self.vit.blocks, self.adapters, self.rel_pos_d)):
+            shifted = i % 2 == 0
+            tokens = adapter(tokens)
+            attended = window_attention_3d(block.norm1(tokens), block.attn, rel_pos_d, layouts[shifted],
+                                           masks[shifted])
+            tokens = tokens + attended
+            tokens = tokens + block.mlp(block.norm2(tokens))
+            if i in self.taps:
+                features.append(self.necks[len(features)](tokens.permute(0, 4, 1, 2, 3)))
+        logits = self.decoder(features, image, image.shape[2:])
+        return crop_to(logits, spatial)

@@ -1,0 +1,5 @@
+"""nnU-Net trainers of sam-nnunet: one short subclass of SAMTrainerBase per method."""
+from sam_nnunet.trainers.base import SAMTrainerBase
+from sam_nnunet.trainers.sam_adapter import SAMAdapterTrainer
+
+__all__ = ["SAMTrainerBase", "SAMAdapterTrainer"]

@@ -1,0 +1,186 @@
+"""The nnU-Net trainer every SAM method derives from.
+
+What it adds to ``nnUNetTrainer`` (everything else — data loading, augmentation, loss, validation, checkpoints,
+export — is nnU-Net's own):
+
+- the network: the method's class and encoder are written into the plans this trainer saves (``plans.json`` of the
+  model folder), so ``nnUNetv2_predict`` rebuilds exactly the trained network without any SAM checkpoint;
+- pretrained weights: loaded after nnU-Net built (and initialised) the network; training refuses to start from
+  random weights unless nnUNet_SAM_allow_random_init=1; the checkpoint's sha256 goes to the log and, through the
+  network's state dict, into every nnU-Net checkpoint;
+- the optimiser: AdamW over trainable parameters only (frozen weights get no gradient and no optimiser state),
+  each method's learning rate and linear decay; nnU-Net's gradient clipping;
+- short runs for smoke tests and demos: nnUNet_SAM_num_epochs, nnUNet_SAM_iterations_per_epoch.
+
+A method is a short subclass setting ``network_class``, ``network_kwargs``, ``encoder_families`` and its recipe.
+"""
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from sam_nnunet import settings
+from sam_nnunet.encoders.checkpoint import CheckpointError
+from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
+from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.trainers.schedulers import LinearDecayLR
+
+
+class SAMTrainerBase(nnUNetTrainer):
+    # ---- what a method sets --------------------------------------------------------------------------------
+    network_class: str = ""                    # dotted path of a SAMNetworkBase subclass
+    network_kwargs: Dict = {}                  # extra constructor arguments written into the plans
+    encoder_families: Tuple[str, ...] = ("sam_vit",)
+    spatial_dims: int = 3                      # patch dimensionality the network accepts
+    sam_initial_lr: float = 1e-4
+    sam_weight_decay: float = 0.0
+    lr_end_factor: float = 0.01                # linear decay to this fraction of the initial lr
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.initial_lr = self.sam_initial_lr
+        self.weight_decay = self.sam_weight_decay
+        try:
+            self._apply_short_run_settings()
+            self._check_configuration()
+            self.sam_choice: PretrainedChoice = choose_encoder(
+                self.__class__.__name__, self.encoder_families, self._encoder_of_previous_run())
+        except (CheckpointError, ValueError) as e:
+            raise UserFacingExit(str(e)) from None
+        self._write_architecture_into_plans(self.sam_choice.encoder.name)
+        self._weights_from_nnunet_checkpoint = False
+
+    # ---- configuration -----------------------------------------------------------------------------------------
+    def _apply_short_run_settings(self) -> None:
+        epochs = settings.get_positive_int(settings.NUM_EPOCHS)
+        iterations = settings.get_positive_int(settings.ITERATIONS_PER_EPOCH)
+        if epochs:
+            self.num_epochs = epochs
+        if iterations:
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = min(self.num_val_iterations_per_epoch, iterations)
+
+    def _check_configuration(self) -> None:
+        patch = self.configuration_manager.patch_size
+        if len(patch) != self.spatial_dims:
+            raise ValueError(
+                f"{self.__class__.__name__} segments {self.spatial_dims}D patches, but configuration "
+                f"'{self.configuration_name}' plans {len(patch)}D patches {list(patch)}. Train a "
+                f"{'3d_fullres or 3d_lowres' if self.spatial_dims == 3 else '2d'} configuration instead.")
+
+    def _encoder_of_previous_run(self) -> Optional[str]:
+        """Encoder recorded by an earlier run of this trainer in the same output folder (resume, --val)."""
+        plans_file = join(self.output_folder_base, "plans.json") if self.output_folder_base else None
+        if not plans_file or not isfile(plans_file):
+            return None
+        try:
+            arch = load_json(plans_file)["configurations"][self.configuration_name]["architecture"]
+        except (KeyError, ValueError):
+            return None
+        if arch.get("network_class_name") == self.network_class:
+            return arch.get("arch_kwargs", {}).get("encoder")
+        return None
+
+    def _write_architecture_into_plans(self, encoder: str) -> None:
+        # the plans saved to the model folder then name our network; nnU-Net's predictor rebuilds it from there
+        self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = {
+            "network_class_name": self.network_class,
+            "arch_kwargs": {"encoder": encoder, **self.network_kwargs},
+            "_kw_requires_import": [],
+        }
+        # get_configuration is lru-cached; resolve the (possibly inherited) configuration afresh
+        self.configuration_manager = ConfigurationManager(
+            self.plans_manager._internal_resolve_configuration_inheritance(self.configuration_name))
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        if configuration_manager.network_arch_class_name != cls.network_class:
+            raise UserFacingExit(
+                f"The plans name the network {configuration_manager.network_arch_class_name}, not "
+                f"{cls.network_class}: they were not written by {cls.__name__}. Predict with the model folder "
+                f"{cls.__name__} trained (its plans.json names the network).")
+        return get_network_from_plans(
+            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
+            allow_init=True, deep_supervision=enable_deep_supervision)
+
+    # ---- network and weights -----------------------------------------------------------------------------------
+    @property
+    def sam_network(self) -> SAMNetworkBase:
+        """The network without DDP / torch.compile wrappers."""
+        net = self.network.module if self.is_ddp else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def initialize(self):
+        if not self._weights_from_nnunet_checkpoint and not self.sam_choice.has_weights and \
+                not settings.get_flag(settings.ALLOW_RANDOM_INIT):
+            # refuse before building anything
+            raise UserFacingExit(refuse_random_init_message(self.__class__.__name__, self.sam_choice.encoder.name))
+        super().initialize()
+        report = self.sam_network.parameter_report()
+        self.print_to_log_file(
+            f"{self.__class__.__name__}: encoder {self.sam_choice.encoder.name}, parameters: "
+            f"{report['trainable']:,} trainable, {report['frozen']:,} frozen, {report['added']:,} added")
+        if self.num_epochs != 1000 or self.num_iterations_per_epoch != 250:
+            self.print_to_log_file(f"Training length: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
+                                   f"iterations (+{self.num_val_iterations_per_epoch} validation iterations)")
+        if not self._weights_from_nnunet_checkpoint:
+            self._load_pretrained_weights()
+
+    def _load_pretrained_weights(self) -> None:
+        net, choice = self.sam_network, self.sam_choice
+        if choice.has_weights:
+            self.print_to_log_file(f"Pretrained weights: {choice.checkpoint}")
+            self.print_to_log_file(f"Pretrained weights sha256: {choice.sha256}")
+            try:
+                net.load_pretrained(choice.state_dict, choice.checkpoint)
+            except CheckpointError as e:
+                raise UserFacingExit(str(e)) from None
+            net.record_pretrained(choice.checkpoint, choice.sha256)
+            choice.state_dict = None  # the weights now live in the network
+        else:  # initialize() refused already unless random init was asked for
+            banner = "!" * 100
+            self.print_to_log_file(
+                f"\n{banner}\nWARNING: {settings.ALLOW_RANDOM_INIT}=1 and no {settings.CHECKPOINT}: the "
+                f"{choice.encoder.name} encoder of {self.__class__.__name__} starts from RANDOM weights. This is a "
+                f"smoke test, not a foundation model; results say nothing about the method.\n{banner}\n")
+            net.record_pretrained(None, None)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        # resuming (--c) or validating (--val): all weights come from nnU-Net's checkpoint, not from SAM's
+        self._weights_from_nnunet_checkpoint = True
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            raise UserFacingExit(
+                f"The nnU-Net checkpoint does not fit the network built now (encoder "
+                f"{self.sam_choice.encoder.name}): it was trained with another encoder or method. Set "
+                f"{settings.ENCODER} / {settings.CHECKPOINT} as for the original training, or train anew. "
+                f"Details: {str(e).splitlines()[0]}") from None
+        info = self.sam_network.pretrained_info
+        self.print_to_log_file(f"Network weights from nnU-Net checkpoint; pretrained encoder {info.get('encoder')}, "
+                               f"checkpoint {info.get('checkpoint')}, sha256 {info.get('sha256')}")
+
+    # ---- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, LinearDecayLR(optimizer, self.initial_lr, self.num_epochs, self.lr_end_factor)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        # networks with multi-scale heads expose decoder.deep_supervision; the others have one head only
+        decoder = getattr(self.sam_network, "decoder", None)
+        if decoder is not None and hasattr(decoder, "deep_supervision"):
+            decoder.deep_supervision = enabled

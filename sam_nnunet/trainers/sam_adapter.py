@@ -1,0 +1,16 @@
+"""SAMAdapterTrainer: 3DSAM-adapter (Gong et al., MedIA 2024), prompt-free, on nnU-Net's plans."""
+from sam_nnunet.trainers.base import SAMTrainerBase
+
+
+class SAMAdapterTrainer(SAMTrainerBase):
+    """SAM ViT made volumetric with spatial adapters and a multi-layer aggregation decoder.
+
+    Recipe of the paper's code: AdamW, lr 4e-4, no weight decay, linear decay to 1% of the initial lr over the
+    training; nnU-Net's Dice+CE loss, augmentation and gradient clipping (norm 12, as the automatic variant).
+    """
+    network_class = "sam_nnunet.networks.sam_adapter.SAMAdapterNetwork"
+    network_kwargs = {"max_window": 8}
+    encoder_families = ("sam_vit",)
+    sam_initial_lr = 4e-4
+    sam_weight_decay = 0.0
+    lr_end_factor = 0.01

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sam-nnunet",
+    version="0.1.0",
+    description="Segment Anything (SAM, SAM2) foundation models inside nnU-Net v2's self-configuring pipeline",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sam_nnunet", "sam_nnunet.*"]),
+    # the shim folder that nnUNet_extTrainer points at holds a plain module, not a package
+    package_data={"sam_nnunet": ["nnunet_ext/*.py"]},
+    install_requires=[
+        # 2.8.0 introduced nnUNet_extTrainer; the trainer lookup we rely on is unchanged up to 2.8.1
+        "nnunetv2>=2.8.0,<2.9",
+        # torchvision must import beside torch (nnU-Net's trainer lookup imports timm -> torchvision)
+        "torch>=2.1.2,!=2.9.*",
+        "torchvision",
+        "segment-anything==1.0",
+        "SimpleITK>=2.2.1",
+        "nibabel",
+        "numpy>=1.24",
+        "scipy",
+        "psutil",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
+)
