@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated nnU-Net environment, tiny SAM checkpoints in the official layout, and a small
+preprocessed dataset. Nothing is downloaded; everything is written under pytest's temporary folders."""
+import os
+import tempfile
+
+import pytest
+import torch
+
+from helpers import write_official_sam_checkpoint
+from sam_nnunet.nnunet_env import required_environment
+
+_SESSION_ROOT = tempfile.mkdtemp(prefix="sam_nnunet_tests_")
+# set before anything reads them: nnU-Net finds our trainers and writes only under the session folder
+os.environ.update(required_environment(os.path.join(_SESSION_ROOT, "nnunet")))
+os.environ.setdefault("nnUNet_def_n_proc", "2")
+os.environ["nnUNet_n_proc_DA"] = "0"  # in-process data augmentation: fast start-up, deterministic tests
+for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
+             "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile"):
+    os.environ.pop(_var, None)
+for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.makedirs(os.environ[_key], exist_ok=True)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+HIPPOCAMPUS = os.path.join(SHARED_DATA, "Task04_Hippocampus")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ckpt") / "sam_vit_test.pth")
+    state = write_official_sam_checkpoint(path)
+    return path, state
+
+
+@pytest.fixture
+def sam_env(monkeypatch):
+    """Clean sam-nnunet variables for one test; returns monkeypatch to set them."""
+    for var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
+                "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset():
+    """Dataset990_SAMDemo (8 training + 2 test cases) planned and preprocessed for 3d_fullres with nnU-Net's API.
+
+    Returns dict(dataset_id, dataset_name, raw, preprocessed)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                      preprocess)
+    from sam_nnunet.demo import make_synthetic_dataset
+
+    raw = make_synthetic_dataset(os.environ["nnUNet_raw"], 990, num_train=8, num_test=2, seed=0)
+    extract_fingerprints([990], num_processes=2, check_dataset_integrity=True)
+    plan_experiments([990])
+    preprocess([990], configurations=("3d_fullres",), num_processes=(2,))
+    name = os.path.basename(raw)
+    return {"dataset_id": 990, "dataset_name": name, "raw": raw,
+            "preprocessed": os.path.join(os.environ["nnUNet_preprocessed"], name)}

@@ -1,0 +1,29 @@
+"""Helpers for tests (imported as `helpers`; pytest puts this folder on sys.path)."""
+import torch
+
+
+def write_official_sam_checkpoint(path: str, name: str = "vit_test", seed: int = 0) -> dict:
+    """A SAM checkpoint exactly as Meta publishes them: the plain state dict of ``Sam`` (image_encoder.*,
+    prompt_encoder.*, mask_decoder.*), random but non-trivial weights. Returns the state dict."""
+    from sam_nnunet.encoders.sam_vit import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(name)
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # LayerNorms etc. must differ from any default init
+    state = sam.state_dict()
+    torch.save(state, path)
+    return state
+
+
+def make_trainer(trainer_class, dataset: dict, fold: int = 0, configuration: str = "3d_fullres",
+                 plans_name: str = "nnUNetPlans"):
+    """Instantiate a trainer the way nnUNetv2_train does (get_trainer_from_args), on the CPU."""
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+    plans = load_json(join(dataset["preprocessed"], plans_name + ".json"))
+    plans["continue_training"] = False
+    dataset_json = load_json(join(dataset["preprocessed"], "dataset.json"))
+    return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json,
+                         device=torch.device("cpu"))
