@@ -72,3 +72,16 @@ def _register_sam_vit() -> None:
 
 
 _register_sam_vit()
+
+
+def _register_litemedsam() -> None:
+    from sam_nnunet.encoders import litemedsam
+
+    register_family(EncoderFamily(
+        "litemedsam", "LiteMedSAM TinyViT (image_encoder.patch_embed.seq.*, image_encoder.layers.*)",
+        recognises=litemedsam.recognises, infer_variant=litemedsam.infer_variant))
+    register_encoder(EncoderSpec(litemedsam.LITEMEDSAM.name, "litemedsam", litemedsam.LITEMEDSAM.description,
+                                 packaged_checkpoint=litemedsam.packaged_checkpoint))
+
+
+_register_litemedsam()
