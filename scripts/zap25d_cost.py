@@ -22,8 +22,15 @@ import resource
 import statistics
 import time
 
+import sys
+
 import torch
 import torch.nn.functional as F
+
+
+def _progress(name: str, value) -> None:
+    # each section as soon as it is measured (the whole run takes long on a busy CPU)
+    print(f"{name}: {json.dumps(value)}", file=sys.stderr, flush=True)
 
 
 def _timed(fn, repeats: int) -> float:
@@ -157,8 +164,10 @@ def main() -> None:
     padded = [s + (-s) % net.pool for s in patch]
     result["encoder_passes_per_patch"] = sum(padded) // net.pool
     result["encoder"] = encoder_costs(net.encoder, padded, args.encoder_batches, args.repeats)
+    _progress("encoder", result["encoder"])
     result["zap_litemedsam_training"], result["zap_litemedsam_prediction"] = network_costs(
         net, patch, args.classes, args.batch_sizes, args.repeats)
+    _progress("zap", [result["zap_litemedsam_training"], result["zap_litemedsam_prediction"]])
     del net
     if args.plans:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -168,6 +177,7 @@ def main() -> None:
                                       1, args.classes, deep_supervision=True)
         result["nnunet_training"], result["nnunet_prediction"] = network_costs(
             unet, patch, args.classes, args.baseline_batch_sizes, args.repeats, deep_supervision=True)
+        _progress("nnunet", [result["nnunet_training"], result["nnunet_prediction"]])
     if args.msd:
         result["sliding_window"] = tiles_per_case(args.msd, patch)
     result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]

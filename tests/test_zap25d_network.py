@@ -162,12 +162,19 @@ def test_encoder_runs_without_autograd_and_stays_in_eval(tiny_sam_checkpoint):
     assert net.decoder.training
 
 
-def test_encoder_batch_does_not_change_the_result(tiny_sam_checkpoint):
+def test_encoder_batch_and_decoder_checkpointing_do_not_change_the_result(tiny_sam_checkpoint):
     x = torch.randn(2, 1, 16, 12, 8)
     with torch.no_grad():
         one = _loaded(tiny_sam_checkpoint, encoder_batch=1).eval()(x)
         many = _loaded(tiny_sam_checkpoint, encoder_batch=64).eval()(x)
     torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-5)
+    grads = []
+    for recompute in (True, False):
+        net = _loaded(tiny_sam_checkpoint, encoder_batch=3, checkpoint_decoder=recompute).train()
+        net(x).square().mean().backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.requires_grad})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_litemedsam_weights_and_batchnorm_statistics_survive_training_steps():
