@@ -177,6 +177,19 @@ def test_encoder_batch_and_decoder_checkpointing_do_not_change_the_result(tiny_s
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-5, atol=1e-6)
 
 
+def test_torch_compile_captures_one_graph_with_litemedsam():
+    # TinyViT's resolution bookkeeping, the no_grad encoder and the recomputed decoder in one graph
+    torch.manual_seed(0)
+    net = ZAP25DNetwork(2, 3, "litemedsam").train()
+    x = torch.randn(1, 2, 5, 8, 4)
+    expected = net(x)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # fullgraph: any graph break fails
+    out = compiled(x)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    out.sum().backward()
+    assert net.decoder.sam.mask_tokens.weight.grad is not None
+
+
 def test_frozen_litemedsam_weights_and_batchnorm_statistics_survive_training_steps():
     from sam_nnunet.encoders.litemedsam import packaged_checkpoint
     from sam_nnunet.encoders.checkpoint import read_state_dict

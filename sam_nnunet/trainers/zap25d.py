@@ -1,6 +1,4 @@
 """ZAP25DSAMTrainer: ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, on nnU-Net's plans."""
-import os
-
 from sam_nnunet.trainers.base import SAMTrainerBase
 
 
@@ -23,9 +21,3 @@ class ZAP25DSAMTrainer(SAMTrainerBase):
         self.network_kwargs = {**type(self).network_kwargs, "background_channel": not self.label_manager.has_regions}
         super()._write_architecture_into_plans(encoder)
 
-    def _do_i_compile(self) -> bool:
-        # the network's time is the frozen encoder under no_grad; torch.compile of its per-plane loops has not been
-        # tested, so it is off unless asked for explicitly (nnUNet_compile=1; nnU-Net never compiles on the CPU)
-        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
-            return super()._do_i_compile()
-        return False
