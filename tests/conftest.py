@@ -52,7 +52,12 @@ def synthetic_dataset():
 
     raw = make_synthetic_dataset(os.environ["nnUNet_raw"], 990, num_train=8, num_test=2, seed=0)
     extract_fingerprints([990], num_processes=2, check_dataset_integrity=True)
-    plan_experiments([990])
+    # the planner sets torch's thread count to nnUNet_n_proc_DA, which refuses the 0 set above
+    os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        plan_experiments([990])
+    finally:
+        os.environ["nnUNet_n_proc_DA"] = "0"
     preprocess([990], configurations=("3d_fullres",), num_processes=(2,))
     name = os.path.basename(raw)
     return {"dataset_id": 990, "dataset_name": name, "raw": raw,
