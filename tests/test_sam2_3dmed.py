@@ -67,6 +67,16 @@ def test_every_size_and_release_is_inferred_from_a_checkpoint():
         assert identify_checkpoint(state, "ckpt").name == name
 
 
+def test_parameter_counts_of_info():
+    # built on the meta device, as `sam-nnunet info` does; the numbers in documentation/sam2_3dmed.md
+    from sam_nnunet.info import parameter_counts
+
+    counts = parameter_counts("SAM2_3dMedTrainer", "sam2.1_hiera_t", 1, 2)
+    assert (counts["trainable"], counts["frozen"], counts["added"]) == (11_524_386, 27_769_698, 331_586)
+    assert counts["image_encoder (frozen)"] == 27_219_136 and counts["srpp_head (training only)"] == 330_881
+    assert parameter_counts("SAM2_3dMedTrainer", "sam2_hiera_t", 1, 4)["added"] == 331_586 + 2 * 256
+
+
 def test_official_layout_round_trip(tiny_sam2_checkpoint, sam_env):
     path, state = tiny_sam2_checkpoint
     assert isinstance(torch.load(path, weights_only=True)["model"], dict)  # the official wrapping
