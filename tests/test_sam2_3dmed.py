@@ -135,6 +135,34 @@ def test_missing_sam2_package_says_how_to_install(synthetic_dataset, monkeypatch
         make_trainer(SAM2_3dMedTrainer, synthetic_dataset)
 
 
+def test_frame_geometry():
+    from sam_nnunet.blocks.frames import frame_geometry, frames_to_slices, slices_to_frames
+
+    g = frame_geometry(56, 40)  # hippocampus: x4, padded to 224; the stride-4 masks are the voxel grid
+    assert (g.rh, g.rw, g.size, g.grid, g.mask_hw) == (224, 160, 224, 14, (56, 40))
+    i, j = torch.meshgrid(torch.arange(56.0), torch.arange(40.0), indexing="ij")
+    x = (0.3 * i - 0.7 * j + 2).expand(3, 2, 56, 40)  # a linear image: bilinear resampling keeps it exactly
+    frames = slices_to_frames(x, g)
+    assert frames.shape == (3, 2, 224, 224) and frames[..., 160:].abs().sum() == 0
+    # each 4x4 block of the frame is one voxel of the slice: block means (stand-ins for stride-4 logits) map back
+    # onto the voxels (away from the border, where bilinear upsampling clamps)
+    back = frames_to_slices(torch.nn.functional.avg_pool2d(frames, 4), g)
+    torch.testing.assert_close(back[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1])
+    capped = frame_geometry(300, 100, upsample=4, max_image_size=1024)  # never above SAM 2's 1024
+    assert capped.size == 1024 and capped.rh == 1024
+    assert frames_to_slices(torch.randn(1, 1, 256, 256), capped).shape == (1, 1, 300, 100)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        frame_geometry(10, 10, max_image_size=100)
+
+
+def test_network_with_scaled_frames():
+    # a slice larger than max_image_size / upsample: scaled less than x4 and logits resized back
+    torch.manual_seed(0)
+    net = SAM2_3dMedNetwork(1, 2, encoder="sam2_test", max_image_size=64).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 2, 30, 21)).shape == (1, 2, 2, 30, 21)
+
+
 # ---- network -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("patch, inputs, classes, regions", [
     ((5, 19, 13), 1, 2, False),   # odd sizes, binary
