@@ -30,10 +30,15 @@ class MeasuredMemory:
 
 
 def measure_training_memory(setup, sizes: Sequence[Tuple[Sequence[int], int]], threads: int = 1,
-                            timeout: float = 900) -> List[MeasuredMemory]:
-    """Measure ``setup`` (a memory.TrainingSetup) at each (patch size, batch size), in one fresh subprocess."""
+                            timeout: float = 900, fixed_mmap_threshold: bool = True) -> List[MeasuredMemory]:
+    """Measure ``setup`` (a memory.TrainingSetup) at each (patch size, batch size), in one fresh subprocess.
+
+    ``fixed_mmap_threshold=False`` measures with glibc's default heap policy (to show what it adds)."""
     request = {"setup": asdict(setup), "sizes": [[list(p), int(b)] for p, b in sizes], "threads": threads}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if fixed_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
     result = subprocess.run([sys.executable, "-m", "sam_nnunet.planners.measure"], input=json.dumps(request),
                             capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:

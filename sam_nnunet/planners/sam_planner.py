@@ -171,8 +171,17 @@ class SAMPlanner(ExperimentPlanner):
         fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
         candidates = self.patch_candidates(method.grid, spacing, median_shape)
 
+        def guess(predicate_fits, n):
+            # first index the traces so far predict to fit: the search starts there (few traces when close)
+            predicted = [predicate_fits(i) for i in range(n)]
+            return None if None in predicted else next((i for i, ok in enumerate(predicted) if ok), n - 1)
+
         for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
-            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor))
+            if not fits(candidates[-1], floor):
+                continue
+            predicted = lambda i: _le(estimate.predicted_peak_bytes(candidates[i], floor), budget)
+            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor),
+                                guess(predicted, len(candidates)))
             if first is not None:
                 break
         else:
@@ -185,8 +194,9 @@ class SAMPlanner(ExperimentPlanner):
 
         cap = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
         top = max(cap, floor)
-        # largest batch size in [floor, top] that fits (fits(patch, floor) holds)
-        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i))
+        # largest batch size in [floor, top] that fits (fits(patch, floor) holds): find the first that does not
+        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guess(
+            lambda i: _not(_le(estimate.predicted_peak_bytes(patch, floor + 1 + i), budget)), top - floor))
         batch = top if too_large is None else floor + too_large
         if batch < top:
             limited_by = "memory"
@@ -267,9 +277,35 @@ class SAMPlanner(ExperimentPlanner):
         super().save_plans(plans)
 
 
-def _first_true(n: int, predicate) -> Optional[int]:
-    """Smallest i in [0, n) with predicate(i), for a predicate that is False...False True...True; None if none."""
-    lo, hi = 0, n
+def _le(value: Optional[float], bound: float) -> Optional[bool]:
+    return None if value is None else value <= bound
+
+
+def _not(value: Optional[bool]) -> Optional[bool]:
+    return None if value is None else not value
+
+
+def _first_true(n: int, predicate, guess: Optional[int] = None) -> Optional[int]:
+    """Smallest i in [0, n) with predicate(i), for a predicate that is False...False True...True; None if none.
+
+    Bisects; with a guess, first gallops outwards from it to bracket the answer, so a close guess costs a few
+    evaluations of the (expensive) predicate.
+    """
+    lo, hi = 0, n  # the answer is in [lo, hi]; hi == n means "none found yet"
+    if guess is not None and n > 0:
+        g, step = min(max(guess, 0), n - 1), 1
+        if predicate(g):
+            hi = g
+            while hi - step >= 0 and predicate(hi - step):
+                hi -= step
+                step *= 2
+            lo = max(0, hi - step + 1)
+        else:
+            lo = g + 1
+            while lo + step - 1 < n and not predicate(lo + step - 1):
+                lo += step
+                step *= 2
+            hi = min(n, lo + step - 1)
     while lo < hi:
         mid = (lo + hi) // 2
         if predicate(mid):
