@@ -271,3 +271,31 @@ def test_torch_compile_captures_one_graph():
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     sum(o.sum() for o in outputs).backward()
     assert net.patch_embed.proj.weight.grad is not None and net.decoder.heads[0].weight.grad is not None
+
+
+def test_region_based_training_with_deep_supervision(synthetic_dataset, sam_env, tmp_path):
+    """nnU-Net's region-based training (sigmoid per region, Dice+BCE) through every deep-supervision output."""
+    import numpy as np
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+    sam_env.setenv("nnUNet_SAM_encoder", "vit_test")
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+    sam_env.setenv("nnUNet_results", str(tmp_path / "results"))
+    sam_env.setenv("nnUNet_n_proc_DA", "0")
+    plans = load_json(join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    dataset_json = load_json(join(synthetic_dataset["preprocessed"], "dataset.json"))
+    dataset_json["labels"] = {"background": 0, "whole": [1, 2], "posterior": 2}
+    dataset_json["regions_class_order"] = [1, 2]
+    trainer = SAM3DMedTrainer(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    trainer.on_train_start()
+    try:
+        assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 2
+        trainer.on_train_epoch_start()
+        loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+        assert np.isfinite(loss)
+        trainer.on_validation_epoch_start()
+        out = trainer.validation_step(next(trainer.dataloader_val))
+        assert out["tp_hard"].shape == (2,)  # one Dice per region
+    finally:
+        trainer.on_train_end()

@@ -11,7 +11,7 @@ SAM's kernel inflated over ``kd`` slices (kernel and stride ``kd`` along depth) 
 upsampled volume: upsampling is linear and, per patch, local, so it folds into the kernel. The 16x16 kernel
 composed with the upsampling operator is a ``(stride + 2) x (stride + 2)`` kernel with stride ``stride`` on the
 original voxels, after a one-voxel replicate padding (how ``F.interpolate`` treats the border). Same output, u^2
-times less memory and compute (3DSAM-adapter's x4 upsampling of a 128^3 patch holds 3 x 128 x 512 x 512 floats).
+times less memory and compute (in-plane x4 upsampling of a 128^3 patch holds 3 x 128 x 512 x 512 floats).
 With stride 16 (u = 1) the kernel is SAM's 16x16 kernel itself.
 """
 from typing import Sequence, Tuple
