@@ -101,12 +101,13 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
         method = next(m for m in planner.methods if m.trainer == trainer)
         cfg = {**saved["configurations"]["3d_fullres"], **saved["configurations"][name]}
         patch, batch = tuple(cfg["patch_size"]), cfg["batch_size"]
-        estimate = planner.estimator(method)
-        assert all(method.grid.fits(a, p) for a, p in enumerate(patch))
+        arch_kwargs = cfg["architecture"]["arch_kwargs"]
+        grid, estimate = method.grid(arch_kwargs), planner.estimator(method, arch_kwargs)
+        assert all(grid.fits(a, p) for a, p in enumerate(patch))
         assert estimate(patch, batch).peak_bytes <= target_gb * 1e9
         assert cfg["sam_planner"]["estimated_memory_gb"] == pytest.approx(estimate(patch, batch).peak_gb, abs=1e-4)
         # nothing larger would have fitted: the previous candidate at the same batch floor, the next batch size
-        candidates = planner.patch_candidates(method.grid, cfg["spacing"], cfg["median_image_size_in_voxels"])
+        candidates = planner.patch_candidates(grid, cfg["spacing"], cfg["median_image_size_in_voxels"])
         index = candidates.index(patch)
         assert index > 0 and estimate(candidates[index - 1], min(batch, 2)).peak_bytes > target_gb * 1e9
         if cfg["sam_planner"]["batch_size_limited_by"] == "memory":

@@ -12,8 +12,8 @@ fragmentation, the CUDA context. The check against measured peaks is ``sam_nnune
 documentation/planner.md.
 """
 import weakref
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ class LiveTensorMemory(TorchDispatchMode):
 
 
 def training_step(network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, data: torch.Tensor,
-                  target: torch.Tensor) -> torch.Tensor:
+                  target: Any) -> torch.Tensor:
     """nnU-Net's ``train_step`` as it runs without a grad scaler (CPU, fp32): zero_grad(set_to_none), forward, loss,
     backward, gradient-norm clipping at 12, optimiser step. Returns the detached loss."""
     optimizer.zero_grad(set_to_none=True)
@@ -90,6 +90,8 @@ class TrainingSetup:
       labels: dataset.json ``labels``.
       regions_class_order: dataset.json ``regions_class_order`` (region-based training) or None.
       batch_dice: the configuration's ``batch_dice`` (loss only; no effect on memory worth noting).
+      deep_supervision_scales: the trainer's deep-supervision scales (finest first, nnU-Net's format), or None for
+        a trainer that trains without deep supervision (SAMTrainerBase's default).
     """
     network_class: str
     arch_kwargs: Dict
@@ -97,6 +99,7 @@ class TrainingSetup:
     labels: Dict
     regions_class_order: Optional[List[int]] = None
     batch_dice: bool = False
+    deep_supervision_scales: Optional[List[List[float]]] = None
 
     def label_manager(self):
         from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -107,16 +110,18 @@ class TrainingSetup:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         return get_network_from_plans(self.network_class, self.arch_kwargs, [], self.input_channels,
                                       self.label_manager().num_segmentation_heads, allow_init=False,
-                                      deep_supervision=False)
+                                      deep_supervision=self.deep_supervision_scales is not None)
 
     def build_loss(self) -> nn.Module:
-        """nnU-Net's own loss for these labels (``nnUNetTrainer._build_loss``: Dice+CE, or Dice+BCE for regions)."""
+        """nnU-Net's own loss for these labels (``nnUNetTrainer._build_loss``: Dice+CE, or Dice+BCE for regions;
+        wrapped for deep supervision)."""
         from types import SimpleNamespace
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
         trainer_state = SimpleNamespace(
             label_manager=self.label_manager(), configuration_manager=SimpleNamespace(batch_dice=self.batch_dice),
-            is_ddp=False, enable_deep_supervision=False, _do_i_compile=lambda: False)
+            is_ddp=False, enable_deep_supervision=self.deep_supervision_scales is not None,
+            _do_i_compile=lambda: False, _get_deep_supervision_scales=lambda: self.deep_supervision_scales)
         return nnUNetTrainer._build_loss(trainer_state)
 
     @staticmethod
@@ -126,16 +131,22 @@ class TrainingSetup:
         trainable parameters more, and a much shorter trace."""
         return torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4, foreach=True)
 
-    def make_batch(self, patch_size: Sequence[int], batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """A batch as nnU-Net's data loader delivers it: float32 data, int16 label map (bool region maps)."""
+    def make_batch(self, patch_size: Sequence[int], batch_size: int) -> Tuple[torch.Tensor, Any]:
+        """A batch as nnU-Net's data loader delivers it: float32 data, int16 label map (bool region maps); with deep
+        supervision a list of targets at every scale (DownsampleSegForDSTransform's sizes)."""
         lm = self.label_manager()
         data = torch.randn(batch_size, self.input_channels, *patch_size)
-        if lm.has_regions:
-            channels = len(lm.foreground_regions) + (lm.ignore_label is not None)
-            target = torch.rand(batch_size, channels, *patch_size) > 0.5
-        else:
-            target = torch.randint(0, lm.num_segmentation_heads, (batch_size, 1, *patch_size), dtype=torch.int16)
-        return data, target
+
+        def target(shape):
+            if lm.has_regions:
+                channels = len(lm.foreground_regions) + (lm.ignore_label is not None)
+                return torch.rand(batch_size, channels, *shape) > 0.5
+            return torch.randint(0, lm.num_segmentation_heads, (batch_size, 1, *shape), dtype=torch.int16)
+
+        if self.deep_supervision_scales is None:
+            return data, target(patch_size)
+        return data, [target([round(p * f) for p, f in zip(patch_size, scale)])
+                      for scale in self.deep_supervision_scales]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ The plans are sized for one method, the first of ``trainers`` (default SAMAdapte
 size, batch size and architecture. Each configuration records what it was sized for in ``sam_planner``; trainers
 read only nnU-Net's standard fields.
 """
-import math
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,7 +27,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from sam_nnunet.planners.memory import TrainingMemoryEstimate, TrainingMemoryEstimator, TrainingSetup
-from sam_nnunet.planners.methods import UNALIGNED_GRID, TokenGrid, get_method_profile
+from sam_nnunet.planners.methods import UNALIGNED_GRID, MethodProfile, TokenGrid, get_method_profile
 
 DEFAULT_PLANS_NAME = "nnUNetSAMPlans"
 DEFAULT_TRAINER = "SAMAdapterTrainer"
@@ -70,17 +70,50 @@ def resolve_encoder(trainer_class: type, requested: Optional[str] = None) -> str
 
 @dataclass
 class PlannedMethod:
-    """One trainer the plans are sized for: its network (as the trainer writes it into the plans) and token grid."""
+    """One trainer the plans are sized for: its network as the trainer writes it into the plans, and its profile."""
     trainer: str
     encoder: str
     network_class: str
-    arch_kwargs: Dict
-    grid: TokenGrid
-    has_profile: bool
+    network_kwargs: Dict  # the encoder and the trainer's network_kwargs
+    profile: Optional[MethodProfile]
+
+    def arch_kwargs(self, spacing: Sequence[float]) -> Dict:
+        """The network's arguments for a configuration of this spacing."""
+        extra = self.profile.arch_kwargs(spacing) if self.profile and self.profile.arch_kwargs else {}
+        return {**self.network_kwargs, **extra}
+
+    def grid(self, arch_kwargs: Dict) -> TokenGrid:
+        return self.profile.grid(arch_kwargs) if self.profile else UNALIGNED_GRID
+
+    def deep_supervision_scales(self, arch_kwargs: Dict) -> Optional[List[List[float]]]:
+        if self.profile and self.profile.deep_supervision_scales:
+            return self.profile.deep_supervision_scales(arch_kwargs)
+        return None
+
+    def training_setup(self, arch_kwargs: Dict, input_channels: int, labels: Dict,
+                       regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
+        """What one training step of this method needs, for the memory estimate (and its measurement)."""
+        return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs))
+
+
+def planned_method(trainer: str, encoder: Optional[str] = None) -> PlannedMethod:
+    """A sam-nnunet trainer as the planner sizes it (encoder as ``resolve_encoder`` decides)."""
+    from sam_nnunet.info import get_trainer_class
+
+    try:
+        cls = get_trainer_class(trainer)
+    except ValueError as e:
+        raise PlanningError(str(e)) from None
+    chosen = resolve_encoder(cls, encoder)
+    return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
+                         get_method_profile(trainer))
 
 
 @dataclass(frozen=True)
 class Sizing:
+    arch_kwargs: Dict
+    grid: TokenGrid
     patch_size: Tuple[int, ...]
     batch_size: int
     estimate: TrainingMemoryEstimate
@@ -110,34 +143,21 @@ class SAMPlanner(ExperimentPlanner):
             raise PlanningError("SAMPlanner needs at least one trainer to size the plans for")
         if gpu_memory_target_in_gb <= 0:
             raise PlanningError(f"the memory target must be positive, got {gpu_memory_target_in_gb} GB")
-        self.methods = [self._planned_method(t, encoder) for t in dict.fromkeys(trainers)]
+        self.methods = [planned_method(t, encoder) for t in dict.fromkeys(trainers)]
         self._estimators: Dict[str, TrainingMemoryEstimator] = {}
         self._variants: Dict[str, Dict[str, dict]] = {}  # data identifier -> {trainer: configuration fields}
 
     # ---- methods and their networks ------------------------------------------------------------------------
-    @staticmethod
-    def _planned_method(trainer: str, encoder: Optional[str]) -> PlannedMethod:
-        from sam_nnunet.info import get_trainer_class
-
-        try:
-            cls = get_trainer_class(trainer)
-        except ValueError as e:
-            raise PlanningError(str(e)) from None
-        chosen = resolve_encoder(cls, encoder)
-        profile = get_method_profile(trainer)
-        grid = profile.grid(dict(cls.network_kwargs)) if profile else UNALIGNED_GRID
-        return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs}, grid,
-                             profile is not None)
-
-    def training_setup(self, method: PlannedMethod) -> TrainingSetup:
+    def training_setup(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingSetup:
         channels = self.dataset_json.get("channel_names", self.dataset_json.get("modality"))
-        return TrainingSetup(method.network_class, dict(method.arch_kwargs), len(channels), self.dataset_json["labels"],
-                             self.dataset_json.get("regions_class_order"))
+        return method.training_setup(arch_kwargs, len(channels), self.dataset_json["labels"],
+                                     self.dataset_json.get("regions_class_order"))
 
-    def estimator(self, method: PlannedMethod) -> TrainingMemoryEstimator:
-        if method.trainer not in self._estimators:
-            self._estimators[method.trainer] = TrainingMemoryEstimator(self.training_setup(method))
-        return self._estimators[method.trainer]
+    def estimator(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingMemoryEstimator:
+        key = method.trainer + json.dumps(arch_kwargs, sort_keys=True)
+        if key not in self._estimators:
+            self._estimators[key] = TrainingMemoryEstimator(self.training_setup(method, arch_kwargs))
+        return self._estimators[key]
 
     # ---- sizing ----------------------------------------------------------------------------------------------
     @property
@@ -166,10 +186,12 @@ class SAMPlanner(ExperimentPlanner):
 
     def size_configuration(self, method: PlannedMethod, spacing: Sequence[float], median_shape: Sequence[float],
                            approximate_n_voxels_dataset: float) -> Sizing:
-        estimate = self.estimator(method)
+        arch_kwargs = method.arch_kwargs(spacing)
+        grid = method.grid(arch_kwargs)
+        estimate = self.estimator(method, arch_kwargs)
         budget = self.memory_budget_bytes
         fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
-        candidates = self.patch_candidates(method.grid, spacing, median_shape)
+        candidates = self.patch_candidates(grid, spacing, median_shape)
 
         def guess(predicate_fits, n):
             # first index the traces so far predict to fit: the search starts there (few traces when close)
@@ -204,14 +226,15 @@ class SAMPlanner(ExperimentPlanner):
             limited_by = "dataset size (a batch covers at most 5% of the voxels, as in nnU-Net)"
         else:
             limited_by = "minimum batch size"
-        return Sizing(tuple(int(p) for p in patch), int(batch), estimate(patch, batch), limited_by)
+        return Sizing(arch_kwargs, grid, tuple(int(p) for p in patch), int(batch), estimate(patch, batch),
+                      limited_by)
 
     def method_fields(self, method: PlannedMethod, sizing: Sizing) -> dict:
         """What a configuration says for one method: nnU-Net's patch/batch/architecture, and what it was sized for."""
         return {
             "batch_size": sizing.batch_size,
             "patch_size": list(sizing.patch_size),
-            "architecture": {"network_class_name": method.network_class, "arch_kwargs": dict(method.arch_kwargs),
+            "architecture": {"network_class_name": method.network_class, "arch_kwargs": dict(sizing.arch_kwargs),
                              "_kw_requires_import": []},
             "sam_planner": {
                 "trainer": method.trainer,
@@ -219,7 +242,7 @@ class SAMPlanner(ExperimentPlanner):
                 "memory_target_gb": float(self.UNet_vram_target_GB),
                 "estimated_memory_gb": round(sizing.estimate.peak_gb, 4),
                 "estimate": ESTIMATE_DESCRIPTION,
-                "token_grid": method.grid.describe() if method.has_profile else
+                "token_grid": sizing.grid.describe() if method.profile else
                 "no profile registered for this trainer: any patch length",
                 "batch_size_limited_by": sizing.batch_size_limited_by,
             },
