@@ -45,6 +45,20 @@ def _cmd_demo(args) -> None:
     run_demo(args.work_dir, msd_task=args.msd, trainer=args.trainer, epochs=args.epochs, iterations=args.iterations)
 
 
+def _cmd_evaluate(args) -> None:
+    from sam_nnunet.evaluation.evaluate import evaluate
+    try:
+        summary = evaluate(args.ref, args.pred, args.output, args.labels, args.tolerance, args.dataset_json,
+                           args.plans, args.num_processes, args.chill)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    out = args.output or f"{args.pred.rstrip('/')}/summary.json"
+    fg = summary["foreground_mean"]
+    print(f"{summary['evaluation']['num_cases']} cases; foreground mean Dice {fg['Dice']:.4f}, "
+          f"NSD@{args.tolerance:g}mm {fg['NSD']:.4f}, HD95 {fg['HD95']:.2f} mm")
+    print(f"Written: {out} and {out[:-len('.json')]}.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="Dice (nnU-Net's), NSD and HD95 per case and label: summary.json + CSV")
+    p.add_argument("-ref", required=True, help="folder of reference segmentations")
+    p.add_argument("-pred", required=True, help="folder of predictions (same file names)")
+    p.add_argument("-o", "--output", default=None, help="summary .json (default PRED/summary.json); the CSV "
+                                                        "goes beside it")
+    p.add_argument("-l", "--labels", nargs="+", default=None,
+                   help="labels to evaluate (1 2 3; a region as 1,2,3). Default: from dataset.json (its regions "
+                        "for region-based datasets)")
+    p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")
+    p.add_argument("-djfile", "--dataset-json", default=None,
+                   help="dataset.json (default: PRED/dataset.json as nnUNetv2_predict writes it, else REF/../)")
+    p.add_argument("-pfile", "--plans", default=None, help="plans.json (default: beside the dataset.json)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--chill", action="store_true", help="evaluate only the cases that have a prediction")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
