@@ -24,6 +24,8 @@ setup(
         "psutil",
         "matplotlib",
         "tqdm",
+        # surface metrics of `sam-nnunet evaluate` (NSD with DeepMind's surface elements, HD95)
+        "monai>=1.4",
     ],
     extras_require={
         "test": ["pytest>=7"],
