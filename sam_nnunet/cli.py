@@ -59,6 +59,29 @@ def _cmd_evaluate(args) -> None:
     print(f"Written: {out} and {out[:-len('.json')]}.csv")
 
 
+def _cmd_benchmark(args) -> None:
+    from sam_nnunet.evaluation.benchmark import BenchmarkSettings, parse_per_trainer, run_benchmark
+    try:
+        s = BenchmarkSettings(
+            dataset=args.dataset, trainers=args.trainers, output_dir=args.output, configuration=args.configuration,
+            plans=args.plans, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
+            val_iterations=args.val_iterations, batch_size=args.batch_size, val_cases=args.val_cases,
+            mirroring=not args.no_mirroring, device=args.device, threads=args.threads, tolerance=args.tolerance,
+            encoders=parse_per_trainer(args.encoder, "--encoder"),
+            checkpoints=parse_per_trainer(args.checkpoint, "--checkpoint"),
+            allow_random_init=args.allow_random_init)
+        result = run_benchmark(s, doc=args.update_doc)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    with open(f"{s.output_dir}/benchmark.md") as f:
+        print(f.read())
+    failed = [r["trainer"] for r in result["runs"] if r.get("status") != "ok"]
+    print(f"Written to {s.output_dir}: benchmark.md, benchmark.json, " + ", ".join(
+        f"{c}.png" for c in ("accuracy", "parameters", "memory", "time")))
+    if failed:
+        raise UserFacingExit(f"{', '.join(failed)} failed; see the logs under {s.output_dir}/runs/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +130,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--chill", action="store_true", help="evaluate only the cases that have a prediction")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="compare trainers on the same plans, fold and budget: parameters, time, "
+                                         "memory, Dice/NSD/HD95 (Markdown, JSON, charts)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
+    p.add_argument("-tr", "--trainers", nargs="+", required=True,
+                   help="trainer names known to nnU-Net (nnUNetTrainer, SAMAdapterTrainer, ...)")
+    p.add_argument("--encoder", nargs="+", default=None,
+                   help="encoder for the SAM trainers: NAME for all, or Trainer=NAME per trainer")
+    p.add_argument("--checkpoint", nargs="+", default=None,
+                   help="pretrained checkpoint: PATH for all SAM trainers, or Trainer=PATH per trainer")
+    p.add_argument("--allow-random-init", action="store_true",
+                   help="let SAM trainers start without pretrained weights (smoke tests; said in the table)")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-f", "--fold", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=50, help="training iterations per epoch (default 50)")
+    p.add_argument("--val-iterations", type=int, default=None,
+                   help="nnU-Net's validation iterations per epoch (default: iterations / 5)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the plans' batch size for every trainer")
+    p.add_argument("--val-cases", type=int, default=None,
+                   help="predict and evaluate only the first N validation cases of the fold (default: all)")
+    p.add_argument("--no-mirroring", action="store_true", help="predict without test-time mirroring")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")
+    p.add_argument("-o", "--output", default="sam_nnunet_benchmark", help="output folder")
+    p.add_argument("--update-doc", default=None, metavar="MARKDOWN",
+                   help="also replace the generated block of this file (documentation/benchmarks.md)")
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 

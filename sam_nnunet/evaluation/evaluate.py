@@ -10,6 +10,7 @@ the label means except label 0. NSD and HD95 are never NaN (see ``surface``), so
 """
 import csv
 import multiprocessing
+import numbers
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -100,7 +101,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels_or_re
 
     import monai
 
-    labels_or_regions = [r if isinstance(r, int) else tuple(r) for r in labels_or_regions]
+    labels_or_regions = [int(r) if isinstance(r, numbers.Integral) else tuple(int(i) for i in r)
+                         for r in labels_or_regions]
     if not labels_or_regions:
         raise ValueError("no labels to evaluate")
     for folder, what in ((reference_folder, "reference"), (prediction_folder, "prediction")):
