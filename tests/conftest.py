@@ -13,7 +13,7 @@ _SESSION_ROOT = tempfile.mkdtemp(prefix="sam_nnunet_tests_")
 # set before anything reads them: nnU-Net finds our trainers and writes only under the session folder
 os.environ.update(required_environment(os.path.join(_SESSION_ROOT, "nnunet")))
 os.environ.setdefault("nnUNet_def_n_proc", "2")
-os.environ["nnUNet_n_proc_DA"] = "0"  # in-process data augmentation: fast start-up, deterministic tests
+# (not nnUNet_n_proc_DA=0 here: nnU-Net's planner calls torch.set_num_threads() with it and fails on 0)
 for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
              "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile"):
     os.environ.pop(_var, None)
