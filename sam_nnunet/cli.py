@@ -82,6 +82,18 @@ def _cmd_benchmark(args) -> None:
         raise UserFacingExit(f"{', '.join(failed)} failed; see the logs under {s.output_dir}/runs/")
 
 
+def _cmd_msd_submission(args) -> None:
+    from sam_nnunet.evaluation.msd import make_submission
+    try:
+        done = make_submission(args.input, args.dataset, args.output, args.zip, args.task_name, args.allow_missing)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    print(f"{done['task']}: {len(done['cases'])} predictions in {done['folder']}" +
+          (f"; {len(done['missing'])} test cases MISSING" if done["missing"] else ""))
+    if done["zip"]:
+        print(f"Submission archive: {done['zip']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-doc", default=None, metavar="MARKDOWN",
                    help="also replace the generated block of this file (documentation/benchmarks.md)")
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("msd-submission", help="check test-set predictions and lay them out as a Medical "
+                                              "Segmentation Decathlon submission (TaskXX_Name/<case>.nii.gz, zip)")
+    p.add_argument("-i", "--input", required=True, help="folder of predictions of the task's imagesTs "
+                                                       "(nnUNetv2_predict / nnUNetv2_apply_postprocessing output)")
+    p.add_argument("-d", "--dataset", required=True, help="nnU-Net dataset name or id (converted from the task)")
+    p.add_argument("-o", "--output", default="msd_submission", help="folder holding one folder per task")
+    p.add_argument("--zip", default=None, metavar="ZIP", help="also write this archive of every task folder")
+    p.add_argument("--task-name", default=None, help="task folder name (default: Dataset004_X -> Task04_X)")
+    p.add_argument("--allow-missing", action="store_true", help="do not require a prediction for every test image")
+    p.set_defaults(func=_cmd_msd_submission)
     return parser
 
 
