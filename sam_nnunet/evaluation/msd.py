@@ -125,3 +125,37 @@ def write_zip(output: str, zip_file: str) -> List[str]:
                     z.write(os.path.join(output, task, name), f"{task}/{name}")
                     entries.append(f"{task}/{name}")
     return entries
+
+
+def make_synthetic_msd_task(out_parent: str, task: str = "Task98_SAMDemo", num_train: int = 5, num_test: int = 2,
+                            seed: int = 0) -> str:
+    """A Decathlon-layout task (imagesTr, labelsTr, imagesTs, dataset.json with modality / labels / training /
+    test) of synthetic volumes, for the Decathlon workflow without Decathlon data; the test labels go to labelsTs
+    (not part of a real task) so that the test predictions can be evaluated. Returns the task folder."""
+    import json as _json
+
+    from sam_nnunet.demo import _write, synthetic_case
+
+    folder = os.path.join(out_parent, task)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    prefix = task.split("_", 1)[1].lower()
+    training, test = [], []
+    for i in range(num_train + num_test):
+        image, label = synthetic_case(rng)
+        name = f"{prefix}_{i:03d}.nii.gz"
+        split = "Tr" if i < num_train else "Ts"
+        _write(image, os.path.join(folder, f"images{split}", name), (1.0, 1.0, 1.0))
+        _write(label, os.path.join(folder, f"labels{split}", name), (1.0, 1.0, 1.0))
+        if split == "Tr":
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            test.append(f"./imagesTs/{name}")
+    meta = {"name": task.split("_", 1)[1], "description": "synthetic data of sam-nnunet in the Decathlon layout",
+            "tensorImageSize": "3D", "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+            "numTraining": num_train, "numTest": num_test, "training": training, "test": test}
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        _json.dump(meta, f, indent=2)
+    return folder
