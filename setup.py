@@ -28,7 +28,8 @@ setup(
         "monai>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # surface-distance: DeepMind's NSD, the reference our MONAI-based NSD is tested against
+        "test": ["pytest>=7", "surface-distance==0.1"],
     },
     entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
 )

@@ -192,3 +192,18 @@ def test_command_line(folders, tmp_path, capsys):
         assert json.load(f)["evaluation"]["tolerance_mm"] == 6.0
     with pytest.raises(UserFacingExit, match="which labels"):
         main(["evaluate", "-ref", ref_dir, "-pred", pred_dir, "-o", out])
+
+
+def test_nsd_equals_deepmind_surface_distance():
+    """The NSD the papers report (DeepMind's surface-distance) on random shapes with anisotropic spacing."""
+    import scipy.ndimage as ndi
+    import surface_distance  # a test dependency (setup.py extras "test")
+
+    rng = np.random.default_rng(0)
+    for spacing in ((3.0, 0.8, 1.1), (1.0, 1.0, 1.0)):
+        ref = ndi.gaussian_filter(rng.standard_normal(SHAPE), 3) > 0.05
+        pred = ndi.gaussian_filter(rng.standard_normal(SHAPE), 3) > 0.05
+        for tolerance in (1.0, 3.0):
+            expected = surface_distance.compute_surface_dice_at_tolerance(
+                surface_distance.compute_surface_distances(ref, pred, spacing), tolerance)
+            assert surface_metrics(ref, pred, spacing, tolerance)["NSD"] == pytest.approx(expected, abs=1e-5)
