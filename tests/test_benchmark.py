@@ -97,3 +97,21 @@ def test_update_doc_needs_markers(tmp_path):
     doc.write_text("# no markers\n")
     with pytest.raises(ValueError, match="generated block"):
         update_document(str(doc), "table", [], str(doc))
+
+
+def test_the_recorded_command_reproduces_the_settings():
+    import shlex
+
+    from sam_nnunet.cli import build_parser
+    from sam_nnunet.evaluation.benchmark import command_line
+
+    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", trainers=["nnUNetTrainer", "SAMAdapterTrainer"],
+                          epochs=2, iterations=7, val_iterations=3, val_cases=4, mirroring=False, device="cpu",
+                          threads=2, encoders={"SAMAdapterTrainer": "vit_b"}, checkpoints={"*": "/w/sam b.pth"},
+                          allow_random_init=True, batch_size=2, output_dir="out dir")
+    args = build_parser().parse_args(shlex.split(command_line(s, "doc.md"))[1:])
+    assert (args.dataset, args.trainers, args.epochs, args.iterations, args.val_iterations, args.val_cases) == (
+        "Dataset004_Hippocampus", ["nnUNetTrainer", "SAMAdapterTrainer"], 2, 7, 3, 4)
+    assert args.no_mirroring and args.allow_random_init and args.batch_size == 2 and args.output == "out dir"
+    assert parse_per_trainer(args.encoder, "") == {"SAMAdapterTrainer": "vit_b"}
+    assert parse_per_trainer(args.checkpoint, "") == {"*": "/w/sam b.pth"} and args.update_doc == "doc.md"

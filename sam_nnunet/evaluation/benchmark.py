@@ -189,8 +189,23 @@ def _user_error(error: str, log_tail: str) -> str:
     return error.splitlines()[0] if error else "failed (see the log)"
 
 
-def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress: bool = True,
-                  command: Optional[str] = None) -> dict:
+def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
+    """The ``sam-nnunet benchmark`` command that reproduces these settings (shown with the results)."""
+    args = ["-d", s.dataset, "-tr", *s.trainers, "-c", s.configuration, "-p", s.plans, "-f", str(s.fold),
+            "--epochs", str(s.epochs), "--iterations", str(s.iterations), "--val-iterations", str(s.val_iterations)]
+    for flag, per_trainer in (("--encoder", s.encoders), ("--checkpoint", s.checkpoints)):
+        if per_trainer:
+            args += [flag, *[v if k == "*" else f"{k}={v}" for k, v in per_trainer.items()]]
+    for flag, value in (("--batch-size", s.batch_size), ("--val-cases", s.val_cases), ("--device", s.device),
+                        ("--threads", s.threads), ("--tolerance", s.tolerance), ("-o", s.output_dir),
+                        ("--update-doc", doc)):
+        if value is not None:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    args += ["--allow-random-init"] * s.allow_random_init + ["--no-mirroring"] * (not s.mirroring)
+    return "sam-nnunet benchmark " + " ".join(shlex.quote(a) for a in args)
+
+
+def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress: bool = True) -> dict:
     """Run every trainer, write benchmark.json, benchmark.md and the charts into ``s.output_dir``; with ``doc``
     also replace the generated block of that Markdown file. Returns the result dict."""
     from sam_nnunet.evaluation.machine import describe_machine
@@ -202,7 +217,7 @@ def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress
     runs = [run_one(s, trainer, i, show_progress) for i, trainer in enumerate(s.trainers)]
     result = {"settings": asdict(s), "machine": describe_machine(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": command or "sam-nnunet benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+              "command": command_line(s, doc),
               "runs": runs}
     json_path = os.path.join(s.output_dir, "benchmark.json")
     with open(json_path, "w") as f:

@@ -63,8 +63,8 @@ def markdown_table(result: Dict) -> str:
     ]
     for run in result["runs"]:
         if run.get("status") != "ok":
-            lines.append(f"| {run['trainer']} | {weights_text(run)} | failed: {run.get('error', '?')[:120]} "
-                         f"| | | | | | | | |")
+            error = " ".join(str(run.get("error", "?")).split()).replace("|", "/")[:160]
+            lines.append(f"| {run['trainer']} | {weights_text(run)} | failed: {error} | | | | | | | | |")
             continue
         p, fg = run["parameters"], run["metrics"]["foreground_mean"]
         lines.append(
