@@ -15,6 +15,7 @@
 #                        trainers start from random weights (the table says so)
 #   WORK                 working folder (default benchmark_work: nnU-Net folders, models, predictions, logs)
 #   DEVICE               cpu or cuda (default: cuda when available)
+#   DOC                  the page whose generated block is replaced (default documentation/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${1:-../shared/data/Task04_Hippocampus}
@@ -56,4 +57,4 @@ fi
 
 # shellcheck disable=SC2086
 "$BIN/sam-nnunet" benchmark -d 4 -tr $TRAINERS "${ARGS[@]}" -o "$WORK/results" \
-  --update-doc documentation/benchmarks.md
+  --update-doc "${DOC:-documentation/benchmarks.md}"
