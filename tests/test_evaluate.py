@@ -207,3 +207,17 @@ def test_nsd_equals_deepmind_surface_distance():
             expected = surface_distance.compute_surface_dice_at_tolerance(
                 surface_distance.compute_surface_distances(ref, pred, spacing), tolerance)
             assert surface_metrics(ref, pred, spacing, tolerance)["NSD"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_labels_from_a_decathlon_dataset_json(folders, tmp_path):
+    # a Decathlon download's dataset.json beside the reference folder (labelsTs/..): {"value": "name"}
+    ref_dir, pred_dir = folders
+    with open(os.path.join(os.path.dirname(ref_dir), "dataset.json"), "w") as f:
+        json.dump({"name": "Toy", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
+                   "numTraining": 0, "training": [], "test": []}, f)
+    summary = evaluate(ref_dir, pred_dir, str(tmp_path / "s.json"))
+    assert set(summary["mean"]) == {1, 2}
+    with open(os.path.join(os.path.dirname(ref_dir), "dataset.json"), "w") as f:
+        json.dump({"labels": {"a": 1}, "file_ending": ".nii.gz"}, f)  # no background: nnU-Net refuses it
+    with pytest.raises(ValueError, match="give the labels with -l"):
+        evaluate(ref_dir, pred_dir, str(tmp_path / "s.json"))

@@ -178,11 +178,20 @@ def labels_from_dataset_json(dataset_json_file: str, plans_file: Optional[str] =
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     dataset_json = load_json(dataset_json_file)
-    if plans_file:
-        label_manager = PlansManager(plans_file).get_label_manager(dataset_json)
-    else:
-        label_manager = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get(
-            "regions_class_order"))
+    labels = dataset_json.get("labels") or {}
+    if labels and all(str(k).isdigit() for k in labels) and all(isinstance(v, str) for v in labels.values()):
+        # a Decathlon download's dataset.json ({"0": "background", "1": "Anterior"}), read as nnU-Net's converter
+        # reads it
+        dataset_json["labels"] = {name: int(value) for value, name in labels.items()}
+    try:
+        if plans_file:
+            label_manager = PlansManager(plans_file).get_label_manager(dataset_json)
+        else:
+            label_manager = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get(
+                "regions_class_order"))
+    except (KeyError, RuntimeError, AssertionError) as e:
+        raise ValueError(f"cannot read the labels of {dataset_json_file} ({type(e).__name__}: {e}); give the "
+                         f"labels with -l or another dataset.json with --dataset-json") from None
     labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     return list(labels), label_manager.ignore_label, dataset_json
 
