@@ -1,7 +1,8 @@
-"""What SAMPlanner plans for SAMAdapterTrainer on two datasets and several memory targets, as a Markdown table for
+"""What SAMPlanner plans for each trainer on two datasets and several memory targets, as a Markdown table for
 documentation/planner.md.
 
-    PYTHONPATH=. python scripts/planner_sizing_report.py --hippocampus-id 4 [--ct] [--encoders vit_b vit_test]
+    PYTHONPATH=. python scripts/planner_sizing_report.py --hippocampus-id 4 [--ct] [--encoders vit_b vit_l]
+        [--trainers SAMAdapterTrainer SAM3DMedTrainer] [--targets 8 24 80]
 
 --hippocampus-id: a planned dataset (its fingerprint must exist; e.g. after `sam-nnunet plan_and_preprocess -d 4
 --no_pp`). --ct: also an abdominal-CT-like dataset whose fingerprint is written here (80 cases, 512x512 in-plane at
@@ -51,27 +52,29 @@ def write_ct_like_dataset(root: str, dataset_id: int = 997, cases: int = 80, see
     return dataset_id
 
 
-def plan_rows(dataset_id: int, label: str, encoders, targets):
+def plan_rows(dataset_id: int, label: str, trainers, encoders, targets):
     from sam_nnunet.planners import SAMPlanner
 
     rows = []
-    for encoder in encoders:
-        for target in targets:
-            start = time.time()
-            planner = SAMPlanner(dataset_id, gpu_memory_target_in_gb=target, plans_name="nnUNetSAMPlans_report",
-                                 trainers=["SAMAdapterTrainer"], encoder=encoder)
-            plans = planner.plan_experiment()
-            seconds = time.time() - start
-            for name in ("3d_fullres", "3d_lowres"):
-                cfg = plans["configurations"].get(name)
-                if cfg is None:
-                    continue
-                rec = cfg["sam_planner"]
-                rows.append(f"| {label} | {encoder} | {target:g} | {name} | "
-                            f"{' x '.join(f'{s:.2f}' for s in cfg['spacing'])} | "
-                            f"{'x'.join(map(str, cfg['patch_size']))} | {cfg['batch_size']} | "
-                            f"{rec['estimated_memory_gb']:.2f} | {rec['batch_size_limited_by'].split(' (')[0]} | "
-                            f"{seconds:.0f} |")
+    for trainer in trainers:
+        for encoder in encoders:
+            for target in targets:
+                start = time.time()
+                planner = SAMPlanner(dataset_id, gpu_memory_target_in_gb=target, plans_name="nnUNetSAMPlans_report",
+                                     trainers=[trainer], encoder=encoder)
+                plans = planner.plan_experiment()
+                seconds = time.time() - start
+                for name in ("3d_fullres", "3d_lowres"):
+                    cfg = plans["configurations"].get(name)
+                    if cfg is None:
+                        continue
+                    rec = cfg["sam_planner"]
+                    stride = planner.methods[0].grid(cfg["architecture"]["arch_kwargs"]).stride
+                    rows.append(f"| {label} | {trainer} | {encoder} | {target:g} | {name} | "
+                                f"{' x '.join(f'{s:.2f}' for s in cfg['spacing'])} | {'x'.join(map(str, stride))} | "
+                                f"{'x'.join(map(str, cfg['patch_size']))} | {cfg['batch_size']} | "
+                                f"{rec['estimated_memory_gb']:.2f} | {rec['batch_size_limited_by'].split(' (')[0]} | "
+                                f"{seconds:.0f} |")
     return rows
 
 
@@ -79,19 +82,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hippocampus-id", type=int, default=None)
     parser.add_argument("--ct", action="store_true")
+    parser.add_argument("--trainers", nargs="+", default=["SAMAdapterTrainer", "SAM3DMedTrainer"])
     parser.add_argument("--encoders", nargs="+", default=["vit_b"])
     parser.add_argument("--targets", nargs="+", type=float, default=[8, 24, 80])
     args = parser.parse_args()
 
-    rows = ["| dataset | encoder | target (GB) | configuration | spacing (mm) | patch | batch | estimate (GB) | "
-            "batch limited by | planning time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| dataset | trainer | encoder | target (GB) | configuration | spacing (mm) | token (voxels) | patch | "
+            "batch | estimate (GB) | batch limited by | planning time (s) |", "|" + "---|" * 12]
     if args.hippocampus_id is not None:
-        rows += plan_rows(args.hippocampus_id, "MSD hippocampus", args.encoders, args.targets)
+        rows += plan_rows(args.hippocampus_id, "MSD hippocampus", args.trainers, args.encoders, args.targets)
     if args.ct:
         root = tempfile.mkdtemp(prefix="ct_like_")
         # nnU-Net reads its folders from the environment at use time
         os.environ.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "pre"))
-        rows += plan_rows(write_ct_like_dataset(root), "CT-like (fingerprint only)", args.encoders, args.targets)
+        rows += plan_rows(write_ct_like_dataset(root), "CT-like", args.trainers, args.encoders, args.targets)
     print("\n".join(rows))
     print(f"\nload average: {os.getloadavg()} (planning times depend on it; plans do not)")
 

@@ -9,8 +9,9 @@ differs is how a 3D configuration's patch and batch size are found (``get_plans_
    (``methods.TokenGrid``); then, as nnU-Net does, the axis that is largest relative to the median image shrinks
    step by step, each step to the next waste-free length;
 2. the first candidate whose training step fits the memory target at nnU-Net's minimum batch size (2; 1 if even
-   the smallest patch does not fit with 2), by binary search along the candidates. Memory is not a reference
-   ratio as in nnU-Net but an absolute estimate traced from the network itself (``memory.TrainingMemoryEstimator``);
+   the smallest patch does not fit with 2). Memory is not a reference ratio as in nnU-Net but an absolute estimate
+   traced from the network itself (``memory.TrainingMemoryEstimator``); the search bisects the candidates, starting
+   from a linear prediction fitted to the traces made so far;
 3. the largest batch size that fits, capped as in nnU-Net so a batch covers at most 5% of the dataset's voxels.
 
 The plans are sized for one method, the first of ``trainers`` (default SAMAdapterTrainer): its sizes go into
@@ -144,6 +145,10 @@ class SAMPlanner(ExperimentPlanner):
         if gpu_memory_target_in_gb <= 0:
             raise PlanningError(f"the memory target must be positive, got {gpu_memory_target_in_gb} GB")
         self.methods = [planned_method(t, encoder) for t in dict.fromkeys(trainers)]
+        if encoder is not None and all(m.encoder != encoder for m in self.methods):
+            raise PlanningError(f"-encoder {encoder} fits none of the trainers planned for "
+                                f"({', '.join(m.trainer for m in self.methods)}): `sam-nnunet info` lists which "
+                                f"encoders each trainer adapts")
         self._estimators: Dict[str, TrainingMemoryEstimator] = {}
         self._variants: Dict[str, Dict[str, dict]] = {}  # data identifier -> {trainer: configuration fields}
 
