@@ -22,3 +22,17 @@ class FrozenStemNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.stem(x)))
+
+
+class DictOutputNet(nn.Module):
+    """A network whose forward returns a dict (auxiliary outputs), which nnU-Net's standard loss cannot take.
+
+    Arguments: as FrozenStemNet; ``encoder`` is accepted (the planner passes the encoder it sizes).
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, encoder: str = "", deep_supervision: bool = False):
+        super().__init__()
+        self.head = nn.Conv3d(input_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"logits": self.head(x), "aux": x.mean()}

@@ -66,11 +66,18 @@ class SAMAdapterTrainer_w4(SAMAdapterTrainer):
     network_kwargs = {"max_window": 4}
 
 
+class DictOutputTrainer(SAMAdapterTrainer):
+    """A method whose network returns a dict: nnU-Net's standard step cannot train it, nor trace it."""
+    network_class = "planner_toys.DictOutputNet"
+    network_kwargs = {}
+
+
 @pytest.fixture
 def second_method(monkeypatch):
     import sam_nnunet.info as info
 
-    classes = {**info.trainer_classes(), "SAMAdapterTrainer_w4": SAMAdapterTrainer_w4}
+    classes = {**info.trainer_classes(), "SAMAdapterTrainer_w4": SAMAdapterTrainer_w4,
+               "DictOutputTrainer": DictOutputTrainer}
     monkeypatch.setattr(info, "trainer_classes", lambda: classes)
     monkeypatch.setitem(METHOD_PROFILES, "SAMAdapterTrainer_w4",
                         MethodProfile("SAMAdapterTrainer_w4", METHOD_PROFILES["SAMAdapterTrainer"].grid))
@@ -81,8 +88,9 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
     default_plans = open(join(pre, "nnUNetPlans.json"), "rb").read()
     target_gb = 0.06  # vit_test at the full 40x48x40 patch, batch 2, needs ~0.13 GB: the patch must shrink
     planner = SAMPlanner(synthetic_dataset["dataset_id"], gpu_memory_target_in_gb=target_gb,
-                         plans_name="nnUNetSAMPlans_budget", trainers=["SAMAdapterTrainer", "SAMAdapterTrainer_w4"],
-                         encoder="vit_test")
+                         plans_name="nnUNetSAMPlans_budget",
+                         trainers=["SAMAdapterTrainer", "SAMAdapterTrainer_w4", "DictOutputTrainer"],
+                         encoder="vit_test", skip_failing_trainers=True)
     plans = planner.plan_experiment()
 
     saved = load_json(join(pre, "nnUNetSAMPlans_budget.json"))
@@ -117,6 +125,16 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
     assert variant["architecture"]["arch_kwargs"] == {"encoder": "vit_test", "max_window": 4}
     assert "data_identifier" not in variant  # shares 3d_fullres's preprocessed data
     assert plans["configurations"]["3d_fullres"]["patch_size"] == fullres["patch_size"]
+    # a method the trace cannot handle is left out, with the reason in the plans
+    assert "3d_fullres_DictOutputTrainer" not in saved["configurations"]
+    assert "could not be traced" in saved["sam_planner_skipped"]["DictOutputTrainer"]
+
+
+def test_a_method_that_cannot_be_traced_is_a_planning_error(synthetic_dataset, second_method):
+    planner = SAMPlanner(synthetic_dataset["dataset_id"], plans_name="nnUNetSAMPlans_untraceable",
+                         trainers=["DictOutputTrainer"], encoder="vit_test")
+    with pytest.raises(PlanningError, match="DictOutputTrainer .* could not be traced .* planner profile"):
+        planner.size_configuration(planner.methods[0], (1.0, 1.0, 1.0), (36.0, 44.0, 36.0), 1e6)
 
 
 def test_planner_says_what_to_do_when_nothing_fits(synthetic_dataset):

@@ -57,8 +57,9 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "SAMPlanner",
     planner_class = find_planner(planner)
     ours = isinstance(planner_class, type) and issubclass(planner_class, SAMPlanner)
     if ours:
+        # every trainer by default: one that cannot be planned (yet) is left out with a warning, not fatal
         planner_class = functools.partial(planner_class, trainers=list(trainers or default_trainers()),
-                                          encoder=encoder)
+                                          encoder=encoder, skip_failing_trainers=not trainers)
     elif trainers or encoder:
         raise UserFacingExit(f"-tr and -encoder size plans for sam-nnunet trainers; {planner} is nnU-Net's planner "
                              f"and sizes a U-Net. Use -pl SAMPlanner, or drop -tr / -encoder.")
@@ -100,4 +101,6 @@ def summary(dataset_id: int, plans: dict, plans_identifier: str) -> str:
             f"(batch size limited by {record['batch_size_limited_by']})")
         lines.append(f"  {'':<28} nnUNetv2_train {dataset_id} {name} FOLD -tr {record['trainer']} "
                      f"-p {plans_identifier}")
+    for trainer, reason in plans.get("sam_planner_skipped", {}).items():
+        lines.append(f"  WARNING: no configuration for {trainer}: {reason}")
     return "\n".join(lines)

@@ -131,13 +131,15 @@ class SAMPlanner(ExperimentPlanner):
       trainers: trainer class names to size for; the first one defines ``3d_fullres``.
       encoder: encoder to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint as training reads them,
         else each trainer's default); applies to the trainers that adapt its family.
+      skip_failing_trainers: a further trainer (not the first) that cannot be planned gets no configuration (the
+        reason is in ``skipped``) instead of failing the planning.
     """
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = DEFAULT_PLANS_NAME,
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
                  suppress_transpose: bool = False, trainers: Sequence[str] = (DEFAULT_TRAINER,),
-                 encoder: Optional[str] = None):
+                 encoder: Optional[str] = None, skip_failing_trainers: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
         if not trainers:
@@ -149,6 +151,8 @@ class SAMPlanner(ExperimentPlanner):
             raise PlanningError(f"-encoder {encoder} fits none of the trainers planned for "
                                 f"({', '.join(m.trainer for m in self.methods)}): `sam-nnunet info` lists which "
                                 f"encoders each trainer adapts")
+        self.skip_failing_trainers = skip_failing_trainers
+        self.skipped: Dict[str, str] = {}  # trainer -> why it got no configuration
         self._estimators: Dict[str, TrainingMemoryEstimator] = {}
         self._variants: Dict[str, Dict[str, dict]] = {}  # data identifier -> {trainer: configuration fields}
 
@@ -193,7 +197,8 @@ class SAMPlanner(ExperimentPlanner):
                            approximate_n_voxels_dataset: float) -> Sizing:
         arch_kwargs = method.arch_kwargs(spacing)
         grid = method.grid(arch_kwargs)
-        estimate = self.estimator(method, arch_kwargs)
+        estimator = _traced(method, self.estimator, method, arch_kwargs)
+        estimate = lambda patch, bs: _traced(method, estimator, patch, bs)
         budget = self.memory_budget_bytes
         fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
         candidates = self.patch_candidates(grid, spacing, median_shape)
@@ -206,7 +211,7 @@ class SAMPlanner(ExperimentPlanner):
         for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
             if not fits(candidates[-1], floor):
                 continue
-            predicted = lambda i: _le(estimate.predicted_peak_bytes(candidates[i], floor), budget)
+            predicted = lambda i: _le(estimator.predicted_peak_bytes(candidates[i], floor), budget)
             first = _first_true(len(candidates), lambda i: fits(candidates[i], floor),
                                 guess(predicted, len(candidates)))
             if first is not None:
@@ -223,7 +228,7 @@ class SAMPlanner(ExperimentPlanner):
         top = max(cap, floor)
         # largest batch size in [floor, top] that fits (fits(patch, floor) holds): find the first that does not
         too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guess(
-            lambda i: _not(_le(estimate.predicted_peak_bytes(patch, floor + 1 + i), budget)), top - floor))
+            lambda i: _not(_le(estimator.predicted_peak_bytes(patch, floor + 1 + i), budget)), top - floor))
         batch = top if too_large is None else floor + too_large
         if batch < top:
             limited_by = "memory"
@@ -267,10 +272,15 @@ class SAMPlanner(ExperimentPlanner):
         plan.update(self.method_fields(primary, self.size_configuration(
             primary, spacing, median_shape, approximate_n_voxels_dataset)))
         if data_identifier == self.generate_data_identifier("3d_fullres"):
-            self._variants[data_identifier] = {
-                m.trainer: self.method_fields(m, self.size_configuration(m, spacing, median_shape,
-                                                                          approximate_n_voxels_dataset))
-                for m in others}
+            variants = self._variants[data_identifier] = {}
+            for m in others:
+                try:
+                    variants[m.trainer] = self.method_fields(m, self.size_configuration(
+                        m, spacing, median_shape, approximate_n_voxels_dataset))
+                except PlanningError as e:
+                    if not self.skip_failing_trainers:
+                        raise
+                    self.skipped[m.trainer] = str(e)
         return plan
 
     def _dataset_fields(self, spacing, median_shape, data_identifier: str) -> dict:
@@ -302,7 +312,21 @@ class SAMPlanner(ExperimentPlanner):
             for trainer, fields in self._variants.get(fullres["data_identifier"], {}).items():
                 plans["configurations"][variant_configuration_name(trainer)] = {"inherits_from": "3d_fullres",
                                                                                 **fields}
+        if self.skipped:
+            plans["sam_planner_skipped"] = dict(self.skipped)
         super().save_plans(plans)
+
+
+def _traced(method: PlannedMethod, function, *args):
+    """Run a step of the memory estimate; a network or training step that cannot be traced on fake tensors becomes a
+    PlanningError naming the trainer and the fix."""
+    try:
+        return function(*args)
+    except Exception as e:
+        raise PlanningError(
+            f"the training step of {method.trainer} ({method.network_class}) could not be traced on fake tensors to "
+            f"estimate its memory ({type(e).__name__}: {e}). A method whose network output or training step is not "
+            f"nnU-Net's standard one needs a planner profile (documentation/planner.md, 'Adding a method').") from e
 
 
 def _le(value: Optional[float], bound: float) -> Optional[bool]:
