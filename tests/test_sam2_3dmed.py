@@ -1,5 +1,6 @@
 """SAM2_3dMedTrainer: SAM 2 loading (official layout, size inference, errors), the network's shapes and invariants,
 its losses, frozen weights through nnU-Net training, and the stock nnU-Net command line on hippocampus cases."""
+import json
 import os
 import subprocess
 import sys
@@ -8,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HIPPOCAMPUS
-from helpers import make_trainer, write_official_sam_checkpoint
+from helpers import make_trainer, run_cli, write_official_sam_checkpoint
 from sam_nnunet.encoders.checkpoint import CheckpointError, read_state_dict
 from sam_nnunet.encoders.pretrained import choose_encoder
 from sam_nnunet.encoders.registry import identify_checkpoint
 from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, build_sam2
 from sam_nnunet.networks.sam2_3dmed import SAM2_3dMedNetwork
 
-BIN = os.path.dirname(sys.executable)
+TRAINER = "SAM2_3dMedTrainer"
 
 
 def write_official_sam2_checkpoint(path: str, name: str = "sam2_test", seed: int = 0) -> dict:
@@ -308,6 +308,7 @@ def test_trainer_loads_weights_after_init_and_keeps_frozen_weights(synthetic_dat
     path, state = tiny_sam2_checkpoint
     sam_env.setenv("nnUNet_SAM_checkpoint", path)
     sam_env.setenv("nnUNet_SAM_iterations_per_epoch", "1")
+    sam_env.setenv("nnUNet_n_proc_DA", "0")  # in-process data augmentation: quick start-up, no worker processes
     # the default plans with 8 instead of 40 slices per patch (a fifth of the slice steps; the stock CLI test below
     # trains on unmodified default plans)
     plans = load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
@@ -341,54 +342,35 @@ def test_trainer_loads_weights_after_init_and_keeps_frozen_weights(synthetic_dat
 
 
 # ---- the stock nnU-Net command line --------------------------------------------------------------------------
-def _run(cmd, env):
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
 @pytest.mark.slow
-def test_stock_cli_trains_and_predicts(tmp_path):
-    """nnUNetv2_plan_and_preprocess / nnUNetv2_train -tr SAM2_3dMedTrainer / nnUNetv2_predict on real hippocampus
-    cases (a generated dataset where they are absent), with the tiny random-weight sam2_test."""
+def test_stock_cli_trains_and_predicts(cli_dataset, cli_env, tmp_path):
+    """nnUNetv2_train -tr SAM2_3dMedTrainer / nnUNetv2_predict on the shared CLI dataset (MSD hippocampus cases
+    converted and planned with default plans; a generated dataset without ../shared/data), with the tiny random-weight
+    sam2_test: plans name the network, the log shows the three loss terms, predictions are valid segmentations."""
     import SimpleITK as sitk
-    from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
-    from sam_nnunet.nnunet_env import required_environment
 
-    env = dict(os.environ)
-    env.update(required_environment(str(tmp_path)))
-    env.update({"nnUNet_SAM_encoder": "sam2_test", "nnUNet_SAM_allow_random_init": "1",
-                "nnUNet_SAM_num_epochs": "1", "nnUNet_SAM_iterations_per_epoch": "2",
-                "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0"})
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key])
-    # five training cases: batch size 2 and a single validation case in fold 0 keep the run short
-    if os.path.isdir(HIPPOCAMPUS):
-        task = make_msd_subset(HIPPOCAMPUS, str(tmp_path / "msd"), num_train=5, num_test=2)
-        _run([os.path.join(BIN, "nnUNetv2_convert_MSD_dataset"), "-i", task], env)
-        dataset_id, name = "4", "Dataset004_Hippocampus"
-    else:
-        raw = make_synthetic_dataset(env["nnUNet_raw"], 991, num_train=5, num_test=2)
-        dataset_id, name = "991", os.path.basename(raw)
-    test_images = os.path.join(env["nnUNet_raw"], name, "imagesTs")
-    # the planner sets torch's thread count to nnUNet_n_proc_DA (0 is refused); training runs augmentation in-process
-    _run([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "3d_fullres", "-np", "1"],
-         {**env, "nnUNet_n_proc_DA": "1"})
-    _run([os.path.join(BIN, "nnUNetv2_train"), dataset_id, "3d_fullres", "0", "-tr", "SAM2_3dMedTrainer",
-          "-device", "cpu"], env)
-    model = os.path.join(env["nnUNet_results"], name, "SAM2_3dMedTrainer__nnUNetPlans__3d_fullres")
-    log = open([os.path.join(model, "fold_0", f) for f in os.listdir(os.path.join(model, "fold_0"))
-                if f.startswith("training_log")][0]).read()
-    assert "train loss terms: segmentation" in log and "srpp" in log and "bd" in log
-    out = str(tmp_path / "predictions")
-    _run([os.path.join(BIN, "nnUNetv2_predict"), "-i", test_images, "-o", out, "-d", dataset_id, "-c", "3d_fullres",
-          "-tr", "SAM2_3dMedTrainer", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], env)
-    images = sorted(f for f in os.listdir(test_images) if f.endswith(".nii.gz"))
-    predictions = sorted(f for f in os.listdir(out) if f.endswith(".nii.gz"))
-    assert len(predictions) == len(images) == 2
-    for image, prediction in zip(images, predictions):
-        img = sitk.ReadImage(os.path.join(test_images, image))
-        seg = sitk.ReadImage(os.path.join(out, prediction))
-        assert seg.GetSize() == img.GetSize()
-        assert np.allclose(seg.GetSpacing(), img.GetSpacing())
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+    env, dataset_id, raw = cli_env, cli_dataset["dataset_id"], cli_dataset["raw"]
+    train_env = dict(env, nnUNet_SAM_encoder="sam2_test", nnUNet_SAM_allow_random_init="1",
+                     nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="2", nnUNet_n_proc_DA="0")
+    run_cli(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], train_env)
+    model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres")
+    arch = json.load(open(os.path.join(model, "plans.json")))["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"] == "sam_nnunet.networks.sam2_3dmed.SAM2_3dMedNetwork"
+    assert arch["arch_kwargs"]["encoder"] == "sam2_test" and arch["arch_kwargs"]["regions"] is False
+    fold = os.path.join(model, "fold_0")
+    log = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
+    assert "RANDOM weights" in log and "train loss terms: segmentation" in log and ", srpp " in log and ", bd " in log
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+
+    predictions = str(tmp_path / "pred")
+    run_cli(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id, "-c",
+             "3d_fullres", "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"],
+            dict(env, nnUNet_n_proc_DA="0"))
+    images = sorted(f for f in os.listdir(os.path.join(raw, "imagesTs")) if f.endswith("_0000.nii.gz"))
+    assert len(images) == 2
+    for image_file in images:
+        image = sitk.ReadImage(os.path.join(raw, "imagesTs", image_file))
+        pred = sitk.ReadImage(os.path.join(predictions, image_file.replace("_0000.nii.gz", ".nii.gz")))
+        assert pred.GetSize() == image.GetSize()
+        assert np.allclose(pred.GetSpacing(), image.GetSpacing()) and np.allclose(pred.GetOrigin(), image.GetOrigin())
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}

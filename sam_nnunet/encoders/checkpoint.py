@@ -64,12 +64,11 @@ def read_state_dict(path: Optional[str], env_var: str = "nnUNet_SAM_checkpoint",
     use_mmap = mmap and zipfile.is_zipfile(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"{env_var}={path} cannot be loaded safely: it contains objects other than tensors, and checkpoints "
             f"are only read with torch.load(weights_only=True). Use the original checkpoint as published (a plain "
-            f"state dict), or re-save yours with torch.save(model.state_dict(), path). Details: "
-            f"{str(e).splitlines()[0]}") from None
+            f"state dict), or re-save yours with torch.save(model.state_dict(), path).") from None
     except Exception as e:  # truncated downloads, text files, other formats
         raise CheckpointError(
             f"{env_var}={path} is not a readable PyTorch checkpoint ({type(e).__name__}: "

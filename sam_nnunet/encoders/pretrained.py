@@ -50,18 +50,18 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
                 f"{settings.CHECKPOINT}={path} is a {spec.name} checkpoint but {settings.ENCODER}={named}. "
                 f"Unset {settings.ENCODER} (the checkpoint decides the model size) or point "
                 f"{settings.CHECKPOINT} at a {named} checkpoint.")
-        _check_family(method, spec, families)
+        check_family(method, spec, families)
         return PretrainedChoice(spec, path, state)
 
     spec = named_spec or get_encoder(fallback or DEFAULT_ENCODER)
-    _check_family(method, spec, families)
+    check_family(method, spec, families)
     if spec.packaged_checkpoint is not None:
         packaged = spec.packaged_checkpoint()
         return PretrainedChoice(spec, packaged, read_state_dict(packaged, env_var=f"packaged {spec.name} weights"))
     return PretrainedChoice(spec)
 
 
-def _check_family(method: str, spec: EncoderSpec, families) -> None:
+def check_family(method: str, spec: EncoderSpec, families) -> None:
     if spec.family not in families:
         from sam_nnunet.encoders.registry import ENCODERS
         usable = sorted(n for n, s in ENCODERS.items() if s.family in families)

@@ -56,7 +56,7 @@ def identify_checkpoint(state: Dict[str, torch.Tensor], path: str) -> EncoderSpe
     example = next(iter(state))
     raise CheckpointError(
         f"{path} is not a checkpoint of a model sam-nnunet knows (its first key is '{example}'; known: "
-        f"{'; '.join(f.description for f in FAMILIES.values())}). {WHERE_TO_GET}.")
+        f"{'; '.join(f.description for f in FAMILIES.values())}); {WHERE_TO_GET}.")
 
 
 def _register_sam_vit() -> None:

@@ -108,7 +108,7 @@ def load_submodule_state(module: nn.Module, state: Dict[str, torch.Tensor], pref
     """
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
-        raise CheckpointError(f"{path} has no '{prefix}*' weights; it is not a checkpoint for this model. "
+        raise CheckpointError(f"{path} has no '{prefix}*' weights; it is not a checkpoint for this model; "
                               f"{WHERE_TO_GET}.")
     ignore = tuple(ignore_prefixes)
     sub = {k: v for k, v in sub.items() if not k.startswith(ignore)}
