@@ -106,13 +106,6 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
                 "srpp_head (training only)": count(self.slice_position),
                 "bd_fusion": count(self.boundary_fusion)}
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode:
-            # the base keeps dropout of pretrained modules in eval; memory attention is trained, with SAM 2's dropout
-            self.sam2.memory_attention.train(True)
-        return self
-
     # ---- forward ------------------------------------------------------------------------------------------------
     def _encode_frames(self, frames: torch.Tensor):
         """(N, 3, S, S) frames -> stride-16 features (N, C, G, G), their position encoding (G*G, 1, C), and the mask
