@@ -26,9 +26,17 @@ setup(
         "psutil",
         "matplotlib",
         "tqdm",
+        # surface metrics of `sam-nnunet evaluate` (NSD with DeepMind's surface elements, HD95)
+        "monai>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # surface-distance: DeepMind's NSD, the reference our MONAI-based NSD is tested against
+        "test": ["pytest>=7", "surface-distance==0.1", "sam2>=1.1.0,<2"],
+        # SAM 2 trainers (SAM2_3dMedTrainer). An extra, not a requirement: PyPI's `sam2` (Meta's code, uploaded by a
+        # third party) is a source distribution whose build pulls PyTorch into pip's build environment and may try
+        # to compile a CUDA extension; Meta's own `pip install git+https://github.com/facebookresearch/sam2` provides
+        # the same `sam2` package. Nothing else of sam-nnunet imports it.
+        "sam2": ["sam2>=1.1.0,<2"],
     },
     entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
 )

@@ -4,7 +4,7 @@ from typing import Dict
 
 import torch
 
-from sam_nnunet.encoders.pretrained import _check_family
+from sam_nnunet.encoders.pretrained import check_family
 from sam_nnunet.encoders.registry import ENCODERS, FAMILIES, get_encoder
 
 
@@ -25,7 +25,7 @@ def parameter_counts(trainer: str, encoder: str, inputs: int, outputs: int) -> D
     no weights, seconds on a CPU)."""
     cls = get_trainer_class(trainer)
     spec = get_encoder(encoder)
-    _check_family(trainer, spec, cls.encoder_families)
+    check_family(trainer, spec, cls.encoder_families)
     if inputs < 1 or outputs < 1:
         raise ValueError("--inputs and --outputs must be positive")
     network_class = pydoc.locate(cls.network_class)

@@ -150,3 +150,26 @@ def test_linear_decay_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(4e-4 * (1 - 0.99 * 0.5))
     sched.step(100)
     assert opt.param_groups[0]["lr"] == pytest.approx(4e-6)
+
+
+def test_region_based_training(synthetic_dataset, results):
+    """nnU-Net's region-based training (sigmoid per region, Dice+BCE) with our network: one head per region."""
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+    results.setenv("nnUNet_SAM_encoder", "vit_test")
+    results.setenv("nnUNet_SAM_allow_random_init", "1")
+    plans = load_json(join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    dataset_json = load_json(join(synthetic_dataset["preprocessed"], "dataset.json"))
+    dataset_json["labels"] = {"background": 0, "whole": [1, 2], "posterior": 2}
+    dataset_json["regions_class_order"] = [1, 2]
+    trainer = SAMAdapterTrainer(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    trainer.on_train_start()
+    assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 2
+    trainer.on_train_epoch_start()
+    loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+    assert np.isfinite(loss)
+    trainer.on_validation_epoch_start()
+    out = trainer.validation_step(next(trainer.dataloader_val))
+    assert out["tp_hard"].shape == (2,)  # one Dice per region
+    trainer.on_train_end()

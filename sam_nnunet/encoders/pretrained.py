@@ -50,18 +50,18 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
                 f"{settings.CHECKPOINT}={path} is a {spec.name} checkpoint but {settings.ENCODER}={named}. "
                 f"Unset {settings.ENCODER} (the checkpoint decides the model size) or point "
                 f"{settings.CHECKPOINT} at a {named} checkpoint.")
-        _check_family(method, spec, families)
+        check_family(method, spec, families)
         return PretrainedChoice(spec, path, state)
 
     spec = named_spec or get_encoder(fallback or DEFAULT_ENCODER)
-    _check_family(method, spec, families)
+    check_family(method, spec, families)
     if spec.packaged_checkpoint is not None:
         packaged = spec.packaged_checkpoint()
         return PretrainedChoice(spec, packaged, read_state_dict(packaged, env_var=f"packaged {spec.name} weights"))
     return PretrainedChoice(spec)
 
 
-def _check_family(method: str, spec: EncoderSpec, families) -> None:
+def check_family(method: str, spec: EncoderSpec, families) -> None:
     if spec.family not in families:
         from sam_nnunet.encoders.registry import ENCODERS
         usable = sorted(n for n, s in ENCODERS.items() if s.family in families)
@@ -71,8 +71,8 @@ def _check_family(method: str, spec: EncoderSpec, families) -> None:
             f"{settings.CHECKPOINT}, or a trainer that supports {spec.name} (`sam-nnunet info` lists them).")
 
 
-def refuse_random_init_message(method: str, encoder: str) -> str:
+def refuse_random_init_message(method: str, encoder: str,
+                               example: str = "sam_vit_b_01ec64.pth or medsam_vit_b.pth") -> str:
     return (f"{method} will not train {encoder} from random weights: foundation-model trainers need pretrained "
-            f"weights. Set {settings.CHECKPOINT}=/path/to/checkpoint (e.g. sam_vit_b_01ec64.pth or "
-            f"medsam_vit_b.pth; {WHERE_TO_GET}). For a smoke test without weights set "
-            f"{settings.ALLOW_RANDOM_INIT}=1.")
+            f"weights. Set {settings.CHECKPOINT}=/path/to/checkpoint (e.g. {example}; {WHERE_TO_GET}). "
+            f"For a smoke test without weights set {settings.ALLOW_RANDOM_INIT}=1.")
