@@ -9,7 +9,9 @@ glibc keeps freed blocks below its dynamic mmap threshold (up to 32 MB) in the h
 default process also holds memory that is free but not returned (measured here up to 2.5x the live tensors). The
 child therefore runs with ``MALLOC_MMAP_THRESHOLD_=65536``: large blocks are mapped and unmapped at once, and the
 process peak follows the live memory, plus what the estimate cannot see (kernel scratch, Python objects, the
-allocator's own overhead). Linux only.
+allocator's own overhead). Smaller blocks stay in the heap: before each measurement ``malloc_trim`` returns the free
+heap pages of the previous one (networks of many small tensors, such as the tiny SAM 2, would otherwise reuse them
+and measure too little). Linux only.
 """
 import gc
 import json
@@ -60,6 +62,17 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM (the peak resident set) to the current resident set
 
 
+def _release_free_heap() -> None:
+    """Return free heap memory to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_steps(setup, patch_size, batch_size, steps: int = 2) -> None:
     from sam_nnunet.planners.memory import training_step
 
@@ -84,6 +97,7 @@ def _main() -> None:
     rows = []
     for patch_size, batch_size in request["sizes"]:
         gc.collect()
+        _release_free_heap()
         _reset_peak()
         baseline = _status_bytes("VmRSS")
         _run_steps(setup, patch_size, batch_size)
