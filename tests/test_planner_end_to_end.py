@@ -1,8 +1,12 @@
 """``sam-nnunet plan_and_preprocess -pl SAMPlanner`` on the shared CLI dataset (MSD hippocampus cases converted with
 nnUNetv2_convert_MSD_dataset; a generated dataset without ../shared/data), then every SAM trainer trains on the
 plans through the stock ``nnUNetv2_train -p nnUNetSAMPlans``: SAMAdapterTrainer on 3d_fullres, every other trainer
-on its own configuration 3d_fullres_<Trainer>. Tiny random-weight encoders (vit_test, sam2_test), one epoch of two
-iterations each."""
+on its own configuration 3d_fullres_<Trainer>. Tiny random-weight encoders (vit_test, sam2_test), one epoch of one
+iteration each (nnU-Net's final validation included).
+
+Recipe-only variants (a subclass of a trainer that keeps its network class, e.g. SAM2_3dMedTrainer_noAux: other loss
+weights) are planned and checked against their method's configuration but not trained again: their command line,
+network and step are their method's, and a SAM 2 run costs minutes on a CPU."""
 import json
 import os
 
@@ -15,6 +19,19 @@ from sam_nnunet.planners.sam_planner import planned_method, variant_configuratio
 
 ENCODERS = ["vit_test", "sam2_test"]  # each trainer is sized with (and trains) the one of its family
 TRAINERS = default_trainers()
+
+
+def recipe_variant_of(trainer: str):
+    """The trainer whose network class ``trainer`` keeps, if it derives from one; else None."""
+    from sam_nnunet.info import trainer_classes
+
+    classes = trainer_classes()
+    cls = classes[trainer]
+    return next((name for name, other in classes.items() if other is not cls and issubclass(cls, other)
+                 and other.network_class == cls.network_class), None)
+
+
+TRAINED = [t for t in TRAINERS if recipe_variant_of(t) is None]
 
 
 def configuration_of(trainer: str) -> str:
@@ -54,6 +71,12 @@ def test_samplanner_sizes_a_configuration_for_every_trainer(cli_dataset, sam_pla
     # SAM 2's frames are square: the planned in-plane axes are equal
     sam2 = plans["configurations"][configuration_of("SAM2_3dMedTrainer")]
     assert sam2["patch_size"][1] == sam2["patch_size"][2]
+    # a recipe variant is sized like its method (the same network, arguments and memory)
+    for trainer in set(TRAINERS) - set(TRAINED):
+        variant, method = (plans["configurations"][configuration_of(t)] for t in (trainer, recipe_variant_of(trainer)))
+        assert (variant["patch_size"], variant["batch_size"]) == (method["patch_size"], method["batch_size"])
+        assert variant["architecture"] == method["architecture"]
+    assert "SAM2_3dMedTrainer_noAux" in TRAINERS and "SAM2_3dMedTrainer_noAux" not in TRAINED
     fullres = plans["configurations"]["3d_fullres"]
     assert fullres["spacing"] == [1.0, 1.0, 1.0]  # nnU-Net's median spacing of this data
     data = os.path.join(preprocessed, fullres["data_identifier"])
@@ -61,13 +84,13 @@ def test_samplanner_sizes_a_configuration_for_every_trainer(cli_dataset, sam_pla
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("trainer", TRAINED)
 def test_every_trainer_trains_on_the_sam_plans_with_nnunet_cli(cli_dataset, cli_env, sam_plans, trainer):
     plans, configuration = sam_plans["plans"], configuration_of(trainer)
     name = os.path.basename(cli_dataset["raw"])
     planned = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
     env = dict(cli_env, nnUNet_SAM_encoder=planned["sam_planner"]["encoder"], nnUNet_SAM_allow_random_init="1",
-               nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="2", nnUNet_n_proc_DA="0")
+               nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="1", nnUNet_n_proc_DA="0")
     run(["nnUNetv2_train", cli_dataset["dataset_id"], configuration, 0, "-tr", trainer, "-p", "nnUNetSAMPlans",
          "-device", "cpu"], env)
     model = os.path.join(env["nnUNet_results"], name, f"{trainer}__nnUNetSAMPlans__{configuration}")

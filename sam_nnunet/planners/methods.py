@@ -65,7 +65,7 @@ class TokenGrid:
     def round_up(self, axis: int, length: int) -> int:
         """The smallest fitting length >= ``length`` (for every axis of ``axes_of(axis)``)."""
         axes = self.axes_of(axis)
-        length = max([int(length)] + [self.minimum(a) for a in axes])
+        length = max([math.ceil(length)] + [self.minimum(a) for a in axes])
         while not all(self.fits(a, length) for a in axes):
             length += 1
         return length
