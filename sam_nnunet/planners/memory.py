@@ -220,17 +220,24 @@ class TrainingMemoryEstimator:
         return self._cache[key]
 
     def predicted_peak_bytes(self, patch_size: Sequence[int], batch_size: int) -> Optional[float]:
-        """The peak predicted from the estimates traced so far as ``a + c * batch * voxels`` (least squares; after a
-        single trace, the line through it and its persistent memory at zero voxels), or None before any trace. A
-        starting point for searches only; plans use traced estimates."""
-        points = [(b * float(np.prod(p)), e.peak_bytes) for (p, b), e in self._cache.items()]
-        if not points:
+        """The peak predicted from the estimates traced so far, as a function of ``batch * voxels``: linear between
+        the traced sizes, extended along the line through the two nearest beyond them (below the smallest, its
+        persistent memory at zero voxels), or None before any trace. A guide for searches only; plans use traced
+        estimates."""
+        if not self._cache:
             return None
-        if len({x for x, _ in points}) < 2:
-            e = next(iter(self._cache.values()))
-            points.append((0.0, e.persistent_bytes))
-        c, a = np.polyfit(*zip(*points), 1)
-        return float(a + c * batch_size * float(np.prod(patch_size)))
+        peaks: Dict[float, float] = {}
+        for (p, b), e in self._cache.items():
+            x = b * float(np.prod(p))
+            peaks[x] = max(peaks.get(x, 0.0), float(e.peak_bytes))
+        smallest = min(self._cache.items(), key=lambda item: item[0][1] * float(np.prod(item[0][0])))[1]
+        peaks.setdefault(0.0, float(smallest.persistent_bytes))
+        xs, ys = zip(*sorted(peaks.items()))
+        x = batch_size * float(np.prod(patch_size))
+        if x <= xs[-1]:
+            return float(np.interp(x, xs, ys))
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return ys[-1] + slope * (x - xs[-1])
 
     def _trace(self, patch_size: Tuple[int, ...], batch_size: int) -> TrainingMemoryEstimate:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
