@@ -3,9 +3,9 @@
     PYTHONPATH=. python scripts/planner_memory_report.py [--trainers T ...] [--real] [--default-malloc] [--first-step]
 
 Estimates are traced on fake tensors (sam_nnunet.planners.memory); measurements are the peak resident memory of a
-fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network, loss, deep
-supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three labels as in the MSD
-hippocampus). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average
+fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network, the trainer's
+own loss, deep supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three labels as in
+the MSD hippocampus). --real adds the real encoder sizes (ViT-B; ZAP also LiteMedSAM; SAM 2.1 Hiera-T for SAM2). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average
 is printed for the record.
 """
 import argparse

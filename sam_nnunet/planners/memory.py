@@ -1,8 +1,9 @@
 """Training memory of any network, estimated by tracing one nnU-Net training step on fake tensors.
 
 No per-network formula: the network is built and trained for two steps under ``FakeTensorMode`` (tensors with
-shapes, dtypes and devices but no data, so a ViT-B at a 128^3 patch costs seconds and no memory), and a dispatch
-mode counts the bytes of every live tensor storage. The peak of that count over the steps is the estimate: it holds
+shapes, dtypes and devices but no data, so a ViT-B at a 128^3 patch costs seconds and no memory), with the loss the
+trainer builds (its own ``_build_loss``: auxiliary losses included), and a dispatch mode counts the bytes of every
+live tensor storage. The peak of that count over the steps is the estimate: it holds
 the parameters and buffers, the batch, the activations autograd saves (only where a trainable path needs them: a
 frozen encoder run without gradient saves nothing), temporaries of each operation's outputs, gradients of the
 trainable parameters and the optimiser state (AdamW: two tensors per trainable parameter, created in the first step).

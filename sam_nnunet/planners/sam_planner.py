@@ -10,8 +10,8 @@ differs is how a 3D configuration's patch and batch size are found (``get_plans_
    step by step, each step to the next waste-free length;
 2. the first candidate whose training step fits the memory target at nnU-Net's minimum batch size (2; 1 if even
    the smallest patch does not fit with 2). Memory is not a reference ratio as in nnU-Net but an absolute estimate
-   traced from the network itself (``memory.TrainingMemoryEstimator``); the search bisects the candidates, starting
-   from a linear prediction fitted to the traces made so far;
+   traced from the network itself (``memory.TrainingMemoryEstimator``); an interpolation search over the candidates
+   traces where the traces so far predict the limit, and bisects where the prediction is poor;
 3. the largest batch size that fits, capped as in nnU-Net so a batch covers at most 5% of the dataset's voxels.
 
 The plans are sized for one method, the first of ``trainers`` (default SAMAdapterTrainer): its sizes go into
