@@ -32,20 +32,22 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
       num_global_queries: learnable queries per block of the visual sampler (10 in the paper).
       image_reads_clicks: image tokens attend to the click tokens as well as to the global queries (see
         ``sam_nnunet.blocks.visual_sampler``); False = the public code's attention to the global queries only.
+      click_reach: spatial reach of a click on the image tokens, in tokens (fixed attention bias; None: none).
     """
 
     takes_clicks = True  # forward(x, point_coords, point_labels); sam_nnunet.prompts.PromptedPredictor checks it
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
                  depth_positions: int = 32, num_global_queries: int = 10, image_reads_clicks: bool = True,
-                 deep_supervision: bool = False) -> None:
+                 click_reach: Optional[float] = 1.5, deep_supervision: bool = False) -> None:
         super().__init__(input_channels, num_classes, encoder, max_window, depth_positions, deep_supervision)
         cfg = SAM_VIT_CONFIGS[encoder]
         self.num_classes = num_classes
         # the sizes of SAM's two-way transformer (width = neck width, heads and MLP of SAM's mask decoder)
         self.prompt_encoder = VisualSamplerPromptEncoder3d(
             cfg.out_chans, num_label_codes(num_classes), depth=2, num_heads=cfg.decoder_num_heads,
-            mlp_dim=cfg.decoder_mlp_dim, num_global_queries=num_global_queries, image_reads_clicks=image_reads_clicks)
+            mlp_dim=cfg.decoder_mlp_dim, num_global_queries=num_global_queries, image_reads_clicks=image_reads_clicks,
+            click_reach=click_reach)
 
     def parameter_notes(self) -> Dict:
         return {"prompt_encoder": sum(p.numel() for p in self.prompt_encoder.parameters()),
