@@ -24,9 +24,12 @@ setup(
         "psutil",
         "matplotlib",
         "tqdm",
+        # surface metrics of `sam-nnunet evaluate` (NSD with DeepMind's surface elements, HD95)
+        "monai>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # surface-distance: DeepMind's NSD, the reference our MONAI-based NSD is tested against
+        "test": ["pytest>=7", "surface-distance==0.1"],
     },
     entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
 )

@@ -68,6 +68,55 @@ def _cmd_predict_prompted(args) -> None:
               f" (foreground mean {summary['foreground_mean']['Dice']:.4f}); {args.o}/summary.json")
 
 
+def _cmd_evaluate(args) -> None:
+    from sam_nnunet.evaluation.evaluate import evaluate
+    try:
+        summary = evaluate(args.ref, args.pred, args.output, args.labels, args.tolerance, args.dataset_json,
+                           args.plans, args.num_processes, args.chill)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    out = args.output or f"{args.pred.rstrip('/')}/summary.json"
+    fg = summary["foreground_mean"]
+    print(f"{summary['evaluation']['num_cases']} cases; foreground mean Dice {fg['Dice']:.4f}, "
+          f"NSD@{args.tolerance:g}mm {fg['NSD']:.4f}, HD95 {fg['HD95']:.2f} mm")
+    print(f"Written: {out} and {out[:-len('.json')]}.csv")
+
+
+def _cmd_benchmark(args) -> None:
+    from sam_nnunet.evaluation.benchmark import BenchmarkSettings, parse_per_trainer, run_benchmark
+    try:
+        s = BenchmarkSettings(
+            dataset=args.dataset, trainers=args.trainers, output_dir=args.output, configuration=args.configuration,
+            plans=args.plans, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
+            val_iterations=args.val_iterations, batch_size=args.batch_size, val_cases=args.val_cases,
+            mirroring=not args.no_mirroring, device=args.device, threads=args.threads, tolerance=args.tolerance,
+            encoders=parse_per_trainer(args.encoder, "--encoder"),
+            checkpoints=parse_per_trainer(args.checkpoint, "--checkpoint"),
+            allow_random_init=args.allow_random_init)
+        result = run_benchmark(s, doc=args.update_doc)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    with open(f"{s.output_dir}/benchmark.md") as f:
+        print(f.read())
+    failed = [r["trainer"] for r in result["runs"] if r.get("status") != "ok"]
+    print(f"Written to {s.output_dir}: benchmark.md, benchmark.json, " + ", ".join(
+        f"{c}.png" for c in ("accuracy", "parameters", "memory", "time")))
+    if failed:
+        raise UserFacingExit(f"{', '.join(failed)} failed; see the logs under {s.output_dir}/runs/")
+
+
+def _cmd_msd_submission(args) -> None:
+    from sam_nnunet.evaluation.msd import make_submission
+    try:
+        done = make_submission(args.input, args.dataset, args.output, args.zip, args.task_name, args.allow_missing)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    print(f"{done['task']}: {len(done['cases'])} predictions in {done['folder']}" +
+          (f"; {len(done['missing'])} test cases MISSING" if done["missing"] else ""))
+    if done["zip"]:
+        print(f"Submission archive: {done['zip']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +173,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true")
     p.add_argument("-npp", type=int, default=2, help="processes for evaluation")
     p.set_defaults(func=_cmd_predict_prompted)
+
+    p = sub.add_parser("evaluate", help="Dice (nnU-Net's), NSD and HD95 per case and label: summary.json + CSV")
+    p.add_argument("-ref", required=True, help="folder of reference segmentations")
+    p.add_argument("-pred", required=True, help="folder of predictions (same file names)")
+    p.add_argument("-o", "--output", default=None, help="summary .json (default PRED/summary.json); the CSV "
+                                                        "goes beside it")
+    p.add_argument("-l", "--labels", nargs="+", default=None,
+                   help="labels to evaluate (1 2 3; a region as 1,2,3). Default: from dataset.json (its regions "
+                        "for region-based datasets)")
+    p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")
+    p.add_argument("-djfile", "--dataset-json", default=None,
+                   help="dataset.json (default: PRED/dataset.json as nnUNetv2_predict writes it, else REF/../)")
+    p.add_argument("-pfile", "--plans", default=None, help="plans.json (default: beside the dataset.json)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--chill", action="store_true", help="evaluate only the cases that have a prediction")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="compare trainers on the same plans, fold and budget: parameters, time, "
+                                         "memory, Dice/NSD/HD95 (Markdown, JSON, charts)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
+    p.add_argument("-tr", "--trainers", nargs="+", required=True,
+                   help="trainer names known to nnU-Net (nnUNetTrainer, SAMAdapterTrainer, ...)")
+    p.add_argument("--encoder", nargs="+", default=None,
+                   help="encoder for the SAM trainers: NAME for all, or Trainer=NAME per trainer")
+    p.add_argument("--checkpoint", nargs="+", default=None,
+                   help="pretrained checkpoint: PATH for all SAM trainers, or Trainer=PATH per trainer")
+    p.add_argument("--allow-random-init", action="store_true",
+                   help="let SAM trainers start without pretrained weights (smoke tests; said in the table)")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-f", "--fold", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=50, help="training iterations per epoch (default 50)")
+    p.add_argument("--val-iterations", type=int, default=None,
+                   help="nnU-Net's validation iterations per epoch (default: iterations / 5)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the plans' batch size for every trainer")
+    p.add_argument("--val-cases", type=int, default=None,
+                   help="predict and evaluate only the first N validation cases of the fold (default: all)")
+    p.add_argument("--no-mirroring", action="store_true", help="predict without test-time mirroring")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")
+    p.add_argument("-o", "--output", default="sam_nnunet_benchmark", help="output folder")
+    p.add_argument("--update-doc", default=None, metavar="MARKDOWN",
+                   help="also replace the generated block of this file (documentation/benchmarks.md)")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("msd-submission", help="check test-set predictions and lay them out as a Medical "
+                                              "Segmentation Decathlon submission (TaskXX_Name/<case>.nii.gz, zip)")
+    p.add_argument("-i", "--input", required=True, help="folder of predictions of the task's imagesTs "
+                                                       "(nnUNetv2_predict / nnUNetv2_apply_postprocessing output)")
+    p.add_argument("-d", "--dataset", required=True, help="nnU-Net dataset name or id (converted from the task)")
+    p.add_argument("-o", "--output", default="msd_submission", help="folder holding one folder per task")
+    p.add_argument("--zip", default=None, metavar="ZIP", help="also write this archive of every task folder")
+    p.add_argument("--task-name", default=None, help="task folder name (default: Dataset004_X -> Task04_X)")
+    p.add_argument("--allow-missing", action="store_true", help="do not require a prediction for every test image")
+    p.set_defaults(func=_cmd_msd_submission)
     return parser
 
 

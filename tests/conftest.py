@@ -57,3 +57,42 @@ def synthetic_dataset():
     name = os.path.basename(raw)
     return {"dataset_id": 990, "dataset_name": name, "raw": raw,
             "preprocessed": os.path.join(os.environ["nnUNet_preprocessed"], name)}
+
+
+@pytest.fixture(scope="session")
+def cli_dataset(tmp_path_factory):
+    """A dataset prepared through the real command line, shared by the end-to-end tests: MSD Task04 hippocampus
+    (10 training cases, 2 held-out labelled cases in imagesTs/labelsTs) converted with nnUNetv2_convert_MSD_dataset
+    when ../shared/data is present, else a generated dataset; then nnUNetv2_plan_and_preprocess -c 3d_fullres.
+
+    Returns dict(env, dataset_id, raw): env has its own nnU-Net folders and no nnUNet_SAM_* variables. Tests that
+    train use ``cli_env`` (a fresh nnUNet_results per test)."""
+    from helpers import run_cli
+    from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("cli_dataset")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
+    env.update(required_environment(str(root / "nnunet")))
+    env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2"})
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[key], exist_ok=True)
+    if os.path.isdir(HIPPOCAMPUS):
+        task = make_msd_subset(HIPPOCAMPUS, str(root / "msd"), num_train=10, num_test=2)
+        run_cli(["nnUNetv2_convert_MSD_dataset", "-i", task, "-np", "2"], env)
+        dataset_id, raw = 4, os.path.join(env["nnUNet_raw"], "Dataset004_Hippocampus")
+        os.symlink(os.path.join(task, "labelsTs"), os.path.join(raw, "labelsTs"))  # held-out labels are ours
+    else:  # a user without ../shared/data: a generated dataset
+        dataset_id = 990
+        raw = make_synthetic_dataset(env["nnUNet_raw"], dataset_id, num_train=10, num_test=2)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
+             "--verify_dataset_integrity"], env)
+    return {"env": env, "dataset_id": dataset_id, "raw": raw}
+
+
+@pytest.fixture
+def cli_env(cli_dataset, tmp_path):
+    """The environment of ``cli_dataset`` with a fresh, empty nnUNet_results for this test."""
+    env = dict(cli_dataset["env"], nnUNet_results=str(tmp_path / "nnUNet_results"))
+    os.makedirs(env["nnUNet_results"])
+    return env
+

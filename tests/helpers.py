@@ -1,5 +1,21 @@
 """Helpers for tests (imported as `helpers`; pytest puts this folder on sys.path)."""
+import os
+import subprocess
+import sys
+
 import torch
+
+BIN = os.path.dirname(sys.executable)
+
+
+def run_cli(cmd, env, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (nnUNetv2_*, sam-nnunet) as a user would; fail with its output."""
+    proc = subprocess.run([os.path.join(BIN, cmd[0])] + [str(c) for c in cmd[1:]], env=env, capture_output=True,
+                          text=True)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
 
 
 def write_official_sam_checkpoint(path: str, name: str = "vit_test", seed: int = 0) -> dict:

@@ -3,60 +3,19 @@ convert MSD data (or generate a dataset) -> plan_and_preprocess -> train SAMAdap
 predict -> evaluate -> export / install the model. Real hippocampus MRI when ../shared/data is present."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import HIPPOCAMPUS
+from helpers import run_cli as run
 
-from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
-from sam_nnunet.nnunet_env import required_environment
-
-BIN = os.path.dirname(sys.executable)
 TRAINER = "SAMAdapterTrainer"
 
 
-def run(cmd, env, expect_ok=True):
-    proc = subprocess.run([os.path.join(BIN, cmd[0])] + [str(c) for c in cmd[1:]], env=env, capture_output=True,
-                          text=True)
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Fresh nnU-Net folders with a converted dataset; (env, dataset id, raw folder)."""
-    root = tmp_path_factory.mktemp("e2e")
-    env = dict(os.environ)
-    env.update(required_environment(str(root / "nnunet")))
-    env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2"})
-    for var in list(env):
-        if var.startswith("nnUNet_SAM_"):
-            del env[var]
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key], exist_ok=True)
-    if os.path.isdir(HIPPOCAMPUS):
-        task = make_msd_subset(HIPPOCAMPUS, str(root / "msd"), num_train=10, num_test=2)
-        run(["nnUNetv2_convert_MSD_dataset", "-i", task, "-np", "2"], env)
-        dataset_id, raw = 4, os.path.join(env["nnUNet_raw"], "Dataset004_Hippocampus")
-        # the converter copies imagesTs; the held-out labels are ours
-        os.symlink(os.path.join(task, "labelsTs"), os.path.join(raw, "labelsTs"))
-    else:  # a user without ../shared/data: a generated dataset
-        dataset_id = 990
-        raw = make_synthetic_dataset(env["nnUNet_raw"], dataset_id, num_train=10, num_test=2)
-    run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], env)
-    return env, dataset_id, raw
-
-
 @pytest.mark.slow
-def test_training_refuses_random_weights_and_bad_paths_without_a_traceback(workspace, tmp_path):
-    env, dataset_id, _ = workspace
+def test_training_refuses_random_weights_and_bad_paths_without_a_traceback(cli_dataset, cli_env, tmp_path):
+    env, dataset_id = cli_env, cli_dataset["dataset_id"]
     proc = run(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], env,
                expect_ok=False)
     assert proc.returncode == 1
@@ -69,8 +28,8 @@ def test_training_refuses_random_weights_and_bad_paths_without_a_traceback(works
 
 
 @pytest.mark.slow
-def test_train_resume_predict_evaluate_export(workspace, tiny_sam_checkpoint, tmp_path):
-    env, dataset_id, raw = workspace
+def test_train_resume_predict_evaluate_export(cli_dataset, cli_env, tiny_sam_checkpoint, tmp_path):
+    env, dataset_id, raw = cli_env, cli_dataset["dataset_id"], cli_dataset["raw"]
     ckpt, _ = tiny_sam_checkpoint
     train_env = dict(env, nnUNet_SAM_checkpoint=ckpt, nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="3")
     run(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], train_env)

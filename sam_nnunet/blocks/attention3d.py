@@ -115,10 +115,13 @@ def decomposed_rel_pos_bias(q: torch.Tensor, window: Sequence[int], rel_pos_d: t
 
 
 def window_attention_3d(x: torch.Tensor, attn: torch.nn.Module, rel_pos_d: torch.Tensor, layout: WindowLayout,
-                        mask: Optional[torch.Tensor]) -> torch.Tensor:
+                        mask: Optional[torch.Tensor], rel_pos_h: Optional[torch.Tensor] = None,
+                        rel_pos_w: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Self-attention of SAM's ``attn`` (qkv, proj, rel_pos_h/w) inside the 3D windows of ``layout``.
 
     x: (B, D, H, W, C) normalised tokens on ``layout.grid``; mask: window_attention_mask(layout) or None.
+    rel_pos_h / rel_pos_w: tables to use instead of ``attn``'s own (e.g. cropped to the window); a table of
+    2 * window - 1 rows is used as it is, any other length is interpolated (SAM's get_rel_pos).
     Returns (B, D, H, W, C).
     """
     B, D, H, W, C = x.shape
@@ -133,7 +136,8 @@ def window_attention_3d(x: torch.Tensor, attn: torch.nn.Module, rel_pos_d: torch
     qkv = attn.qkv(xw).reshape(Bw, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (Bw, heads, N, hd)
     bias = decomposed_rel_pos_bias(q.reshape(Bw * heads, N, -1), layout.window, rel_pos_d,
-                                   attn.rel_pos_h, attn.rel_pos_w).view(Bw, heads, N, N)
+                                   attn.rel_pos_h if rel_pos_h is None else rel_pos_h,
+                                   attn.rel_pos_w if rel_pos_w is None else rel_pos_w).view(Bw, heads, N, N)
     if mask is not None:
         nW = mask.shape[0]
         bias = (bias.view(Bw // nW, nW, heads, N, N) + mask[None, :, None].to(bias.dtype)).view(Bw, heads, N, N)

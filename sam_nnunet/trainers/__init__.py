@@ -2,5 +2,6 @@
 from sam_nnunet.trainers.base import SAMTrainerBase
 from sam_nnunet.trainers.sam_adapter import SAMAdapterTrainer
 from sam_nnunet.trainers.sam_adapter_prompted import SAMAdapterTrainer_prompted
+from sam_nnunet.trainers.sam3dmed import SAM3DMedTrainer
 
-__all__ = ["SAMTrainerBase", "SAMAdapterTrainer", "SAMAdapterTrainer_prompted"]
+__all__ = ["SAMTrainerBase", "SAMAdapterTrainer", "SAMAdapterTrainer_prompted", "SAM3DMedTrainer"]

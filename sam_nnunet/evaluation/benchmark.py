@@ -1,0 +1,244 @@
+"""``sam-nnunet benchmark``: every trainer on the same plans, fold and budget; parameters, time, memory, accuracy.
+
+Each trainer runs in a fresh process (:mod:`sam_nnunet.evaluation.benchmark_worker`), one after the other, so
+that its memory peak and timings are its own. Models go to ``<output>/nnUNet_results`` (never the user's
+nnUNet_results), predictions and logs beside them. The budget (epochs, iterations, batch size) is applied the
+same way to every trainer, nnUNetTrainer included: as nnU-Net's own trainer attributes / plans entry, in the
+benchmark's process, without touching nnU-Net's files or the user's plans.
+"""
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from sam_nnunet import settings
+from sam_nnunet.nnunet_env import required_environment
+
+
+@dataclass
+class BenchmarkSettings:
+    """What every trainer of one benchmark shares."""
+    dataset: str                          # name or id; resolved to DatasetXXX_Name
+    trainers: List[str]
+    output_dir: str = "sam_nnunet_benchmark"
+    configuration: str = "3d_fullres"
+    plans: str = "nnUNetPlans"
+    fold: int = 0
+    epochs: int = 1
+    iterations: int = 50                  # training iterations per epoch
+    val_iterations: Optional[int] = None  # nnU-Net's pseudo-Dice iterations per epoch; default iterations / 5
+    batch_size: Optional[int] = None      # default: the plans'
+    val_cases: Optional[int] = None       # default: all validation cases of the fold
+    mirroring: bool = True
+    device: Optional[str] = None          # default: cuda when available
+    threads: Optional[int] = None         # torch CPU threads; default: all cores, as nnUNetv2_train on the CPU
+    tolerance: float = 5.0
+    encoders: Dict[str, str] = field(default_factory=dict)     # trainer -> encoder name (nnUNet_SAM_encoder)
+    checkpoints: Dict[str, str] = field(default_factory=dict)  # trainer -> checkpoint (nnUNet_SAM_checkpoint)
+    allow_random_init: bool = False
+
+    def resolve(self) -> "BenchmarkSettings":
+        import torch
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        if not self.trainers:
+            raise ValueError("name at least one trainer (-tr nnUNetTrainer SAMAdapterTrainer ...)")
+        for name, value in (("--epochs", self.epochs), ("--iterations", self.iterations)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        try:
+            self.dataset = maybe_convert_to_dataset_name(self.dataset)
+        except RuntimeError as e:
+            raise ValueError(f"{e}. Convert and plan the dataset first (nnUNetv2_plan_and_preprocess -d ID "
+                             f"-c {self.configuration}).") from None
+        self.val_iterations = self.val_iterations or max(1, round(self.iterations / 5))
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.threads = self.threads or os.cpu_count() or 1
+        unknown = set(self.encoders) | set(self.checkpoints)
+        unknown -= set(self.trainers) | {"*"}
+        if unknown:
+            raise ValueError(f"--encoder / --checkpoint name trainers that are not benchmarked: {sorted(unknown)}")
+        return self
+
+
+def check_inputs(s: BenchmarkSettings) -> None:
+    """Clear messages for what the benchmark needs before it starts anything."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    plans_file = os.path.join(nnUNet_preprocessed, s.dataset, s.plans + ".json")
+    if not os.path.isfile(plans_file):
+        raise ValueError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {s.dataset} "
+                         f"-c {s.configuration} first")
+    with open(plans_file) as f:
+        configurations = json.load(f)["configurations"]
+    if s.configuration not in configurations:
+        raise ValueError(f"the plans {s.plans} have no configuration {s.configuration!r} "
+                         f"(they have: {', '.join(configurations)})")
+    images = os.path.join(nnUNet_raw, s.dataset, "imagesTr")
+    if not os.path.isdir(images):
+        raise ValueError(f"{images} does not exist: the benchmark predicts the validation cases from the raw images")
+
+
+def encoder_for(s: BenchmarkSettings, trainer: str) -> Dict[str, Optional[str]]:
+    return {"encoder": s.encoders.get(trainer, s.encoders.get("*")),
+            "checkpoint": s.checkpoints.get(trainer, s.checkpoints.get("*"))}
+
+
+def worker_environment(s: BenchmarkSettings, trainer: str, results_dir: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(required_environment())  # nnUNet_extTrainer lists our trainers
+    env["nnUNet_results"] = results_dir
+    for var in (settings.NUM_EPOCHS, settings.ITERATIONS_PER_EPOCH):
+        env.pop(var, None)  # the benchmark sets the budget itself
+    choice = encoder_for(s, trainer)
+    if choice["encoder"]:
+        env[settings.ENCODER] = choice["encoder"]
+    if choice["checkpoint"]:
+        env[settings.CHECKPOINT] = os.path.abspath(choice["checkpoint"])
+    if s.allow_random_init:
+        env[settings.ALLOW_RANDOM_INIT] = "1"
+    return env
+
+
+def _read_progress(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            lines = f.read().strip().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+def run_one(s: BenchmarkSettings, trainer: str, index: int, show_progress: bool = True) -> dict:
+    """Train, predict and evaluate one trainer in its own process; returns its result (status ok / failed)."""
+    from tqdm import tqdm
+
+    out = os.path.abspath(s.output_dir)
+    run_dir = os.path.join(out, "runs", trainer)
+    results_dir = os.path.join(out, "nnUNet_results")
+    model_dir = os.path.join(results_dir, s.dataset, f"{trainer}__{s.plans}__{s.configuration}")
+    for stale in (run_dir, model_dir):  # a benchmark never mixes with an earlier one's files
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(run_dir)
+    spec = {**{k: v for k, v in asdict(s).items() if k not in ("trainers", "encoders", "checkpoints")},
+            "trainer": trainer, "predictions": os.path.join(run_dir, "predictions")}
+    files = {name: os.path.join(run_dir, name) for name in ("spec.json", "result.json", "progress.jsonl", "log.txt")}
+    with open(files["spec.json"], "w") as f:
+        json.dump(spec, f, indent=2)
+
+    cmd = [sys.executable, "-m", "sam_nnunet.evaluation.benchmark_worker", files["spec.json"],
+           files["result.json"], files["progress.jsonl"]]
+    bar = tqdm(total=1, desc=f"[{index + 1}/{len(s.trainers)}] {trainer} starting", unit="step", leave=True,
+               disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
+    start, shown = time.time(), None
+    with open(files["log.txt"], "w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                   env=worker_environment(s, trainer, results_dir))
+        try:
+            while process.poll() is None:
+                time.sleep(0.5)
+                state = _read_progress(files["progress.jsonl"])
+                if state and state != shown:  # redraw on change only (a log file is not a terminal)
+                    if shown is None or state["stage"] != shown["stage"]:
+                        bar.set_description_str(f"[{index + 1}/{len(s.trainers)}] {trainer} {state['stage']}",
+                                                refresh=False)
+                        bar.reset(total=max(1, state["total"]))
+                    shown = state
+                    bar.n = state["done"]
+                    bar.refresh()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+        finally:
+            bar.close()
+    if os.path.isfile(files["result.json"]):
+        with open(files["result.json"]) as f:
+            result = json.load(f)
+    else:
+        result = {"status": "failed", "error": f"the worker ended with status {process.returncode} before writing "
+                                              f"a result (out of memory?)"}
+    if result.get("status") != "ok":
+        with open(files["log.txt"]) as f:
+            tail = f.read()[-3000:]
+        result["log_tail"] = tail
+        result["error"] = _user_error(result.get("error", ""), tail)
+    requested = encoder_for(s, trainer)
+    # the encoder the network reports (SAM networks do); a trainer without one (nnUNetTrainer) shows none
+    result.update({"trainer": trainer, "log": files["log.txt"], "wall_seconds": time.time() - start,
+                   "encoder": (result.get("pretrained") or {}).get("encoder"), "requested": requested})
+    return result
+
+
+def _user_error(error: str, log_tail: str) -> str:
+    # a sam-nnunet message (UserFacingExit) is the most useful line of a failed run
+    for line in log_tail.splitlines():
+        if line.startswith("sam-nnunet: "):
+            return line
+    return error.splitlines()[0] if error else "failed (see the log)"
+
+
+def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
+    """The ``sam-nnunet benchmark`` command that reproduces these settings (shown with the results)."""
+    args = ["-d", s.dataset, "-tr", *s.trainers, "-c", s.configuration, "-p", s.plans, "-f", str(s.fold),
+            "--epochs", str(s.epochs), "--iterations", str(s.iterations), "--val-iterations", str(s.val_iterations)]
+    for flag, per_trainer in (("--encoder", s.encoders), ("--checkpoint", s.checkpoints)):
+        if per_trainer:
+            args += [flag, *[v if k == "*" else f"{k}={v}" for k, v in per_trainer.items()]]
+    for flag, value in (("--batch-size", s.batch_size), ("--val-cases", s.val_cases), ("--device", s.device),
+                        ("--threads", s.threads), ("--tolerance", s.tolerance), ("-o", s.output_dir),
+                        ("--update-doc", doc)):
+        if value is not None:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    args += ["--allow-random-init"] * s.allow_random_init + ["--no-mirroring"] * (not s.mirroring)
+    return "sam-nnunet benchmark " + " ".join(shlex.quote(a) for a in args)
+
+
+def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress: bool = True) -> dict:
+    """Run every trainer, write benchmark.json, benchmark.md and the charts into ``s.output_dir``; with ``doc``
+    also replace the generated block of that Markdown file. Returns the result dict."""
+    from sam_nnunet.evaluation.machine import describe_machine
+    from sam_nnunet.evaluation.report import markdown_table, update_document, write_charts
+
+    s.resolve()
+    check_inputs(s)
+    os.makedirs(s.output_dir, exist_ok=True)
+    runs = [run_one(s, trainer, i, show_progress) for i, trainer in enumerate(s.trainers)]
+    result = {"settings": asdict(s), "machine": describe_machine(),
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "command": command_line(s, doc),
+              "runs": runs}
+    json_path = os.path.join(s.output_dir, "benchmark.json")
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+    table = markdown_table(result)
+    with open(os.path.join(s.output_dir, "benchmark.md"), "w") as f:
+        f.write(table + "\n")
+    charts = write_charts(result, s.output_dir) if any(r.get("status") == "ok" for r in runs) else []
+    if doc:
+        update_document(doc, table, charts, json_path)
+    return result
+
+
+def parse_per_trainer(values: Optional[List[str]], what: str) -> Dict[str, str]:
+    """``NAME`` (for every trainer) or ``Trainer=NAME`` (for one)."""
+    parsed = {}
+    for v in values or []:
+        trainer, sep, name = v.partition("=")
+        if not sep:
+            trainer, name = "*", v
+        if not name:
+            raise ValueError(f"{what} {v!r}: give NAME or Trainer=NAME")
+        parsed[trainer] = name
+    return parsed

@@ -1,0 +1,74 @@
+"""Which machine and which software produced a measurement (printed with every benchmark table)."""
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from typing import Dict, Optional
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit(folder: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", folder, "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def describe_machine() -> Dict:
+    """CPU model, cores, memory, GPU; versions of python, torch, nnunetv2, sam-nnunet (with its git commit)."""
+    import psutil
+    import torch
+
+    import sam_nnunet
+
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cores = os.cpu_count()
+    gpu = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = {"name": props.name, "memory_bytes": int(props.total_memory), "count": torch.cuda.device_count(),
+               "cuda": torch.version.cuda}
+    return {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores,
+        "memory_bytes": int(psutil.virtual_memory().total), "gpu": gpu,
+        "os": platform.platform(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "nnunetv2": _version("nnunetv2"), "sam-nnunet": _version("sam-nnunet"),
+                     "sam-nnunet commit": _git_commit(os.path.dirname(os.path.abspath(sam_nnunet.__file__))),
+                     "monai": _version("monai"), "numpy": _version("numpy")},
+        "executable": sys.executable,
+    }
+
+
+def machine_line(machine: Dict) -> str:
+    """One line: 'Intel Xeon ..., 2 cores, 24 GiB RAM, no GPU'."""
+    gpu = machine.get("gpu")
+    gpu_text = f"{gpu['name']} ({gpu['memory_bytes'] / 2 ** 30:.0f} GiB)" if gpu else "no GPU"
+    return (f"{machine['cpu']}, {machine['usable_cores']} cores, {machine['memory_bytes'] / 2 ** 30:.0f} GiB RAM, "
+            f"{gpu_text}; {machine['os']}")
+
+
+def versions_line(machine: Dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)

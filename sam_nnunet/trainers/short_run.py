@@ -1,0 +1,26 @@
+"""nnUNetTrainerShortRun: nnU-Net's default trainer, shortened by the same variables as our SAM trainers.
+
+Everything is ``nnUNetTrainer``'s (network, loss, optimiser, schedule, augmentation); only ``nnUNet_SAM_num_epochs``
+and ``nnUNet_SAM_iterations_per_epoch`` shorten training when set. It exists for smoke tests, demos and workflow
+tests that need the nnU-Net baseline through the stock command line on a small budget (nnU-Net's own
+``nnUNetTrainer_1epoch`` still runs 250 + 50 iterations). Without the variables it *is* nnUNetTrainer. Not for
+comparisons: ``sam-nnunet benchmark`` budgets plain ``nnUNetTrainer`` itself.
+"""
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.trainers.base import SAMTrainerBase
+
+
+class nnUNetTrainerShortRun(nnUNetTrainer):
+    """nnUNetTrainer whose length follows nnUNet_SAM_num_epochs / nnUNet_SAM_iterations_per_epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        try:
+            # the same rule as the SAM trainers (it only sets nnU-Net's attributes)
+            SAMTrainerBase._apply_short_run_settings(self)
+        except ValueError as e:
+            raise UserFacingExit(str(e)) from None

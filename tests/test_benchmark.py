@@ -1,0 +1,117 @@
+"""sam-nnunet benchmark: settings and messages (fast), and one real run of nnUNetTrainer + SAMAdapterTrainer (+ a
+trainer that does not exist) on the synthetic dataset with a tiny budget (slow)."""
+import json
+import os
+
+import pytest
+import torch
+
+from sam_nnunet.evaluation.benchmark import BenchmarkSettings, parse_per_trainer, run_benchmark
+from sam_nnunet.evaluation.benchmark_worker import parameter_counts
+from sam_nnunet.evaluation.report import DOC_BEGIN, DOC_END, markdown_table
+
+
+def test_parse_per_trainer():
+    assert parse_per_trainer(["vit_b"], "--encoder") == {"*": "vit_b"}
+    assert parse_per_trainer(["SAMAdapterTrainer=vit_test", "vit_b"], "--encoder") == {
+        "SAMAdapterTrainer": "vit_test", "*": "vit_b"}
+    with pytest.raises(ValueError, match="Trainer=NAME"):
+        parse_per_trainer(["SAMAdapterTrainer="], "--encoder")
+
+
+def test_settings_are_checked(synthetic_dataset):
+    s = BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], iterations=10).resolve()
+    assert s.dataset == synthetic_dataset["dataset_name"]
+    assert s.val_iterations == 2 and s.device == "cpu" and s.threads >= 1
+    with pytest.raises(ValueError, match="nnUNetv2_plan_and_preprocess"):
+        BenchmarkSettings(dataset="977", trainers=["nnUNetTrainer"]).resolve()
+    with pytest.raises(ValueError, match="not benchmarked"):
+        BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], encoders={"Other": "vit_b"}).resolve()
+    with pytest.raises(ValueError, match="at least 1"):
+        BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], iterations=0).resolve()
+
+
+def test_parameter_counts_of_a_network_without_pretrained_parts():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    net[1].weight.requires_grad_(False)
+    assert parameter_counts(net) == {"total": 26, "trainable": 18, "frozen": 8, "pretrained": 0, "added": 26}
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
+    from sam_nnunet.cli import main
+    from sam_nnunet.errors import UserFacingExit
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nintro\n\n{DOC_BEGIN}\nold table\n{DOC_END}\n\nafter\n")
+    out = tmp_path / "bench"
+    with pytest.raises(UserFacingExit, match="NoSuchTrainer failed"):  # the others still run and are reported
+        main(["benchmark", "-d", "990", "-tr", "nnUNetTrainer", "SAMAdapterTrainer", "NoSuchTrainer",
+              "--encoder", "SAMAdapterTrainer=vit_test", "--allow-random-init", "--epochs", "1", "--iterations", "2",
+              "--val-cases", "1", "--no-mirroring", "--threads", "2", "-o", str(out), "--update-doc", str(doc)])
+    printed = capsys.readouterr().out
+    assert "| nnUNetTrainer |" in printed and "| SAMAdapterTrainer | vit_test (RANDOM init)" in printed
+
+    with open(out / "benchmark.json") as f:
+        result = json.load(f)
+    runs = {r["trainer"]: r for r in result["runs"]}
+    assert runs["NoSuchTrainer"]["status"] == "failed" and "NoSuchTrainer" in runs["NoSuchTrainer"]["error"]
+    baseline, sam = runs["nnUNetTrainer"], runs["SAMAdapterTrainer"]
+    assert baseline["status"] == "ok" and sam["status"] == "ok"
+
+    # parameters: the U-Net is all trainable and all added; the SAM network has frozen pretrained parts
+    p = baseline["parameters"]
+    assert p["total"] == p["trainable"] == p["added"] > 0 and p["pretrained"] == p["frozen"] == 0
+    p = sam["parameters"]
+    assert p["total"] == p["trainable"] + p["frozen"] == p["pretrained"] + p["added"]
+    assert p["frozen"] > 0 and p["pretrained"] > 0 and sam["encoder"] == "vit_test"
+
+    for run in (baseline, sam):
+        assert run["training"]["iterations"] == 2 and len(run["training"]["epoch_seconds"]) == 1
+        assert run["training"]["seconds_per_iteration"] > 0
+        assert run["memory"]["peak_rss_bytes"] > 100 * 2 ** 20
+        assert len(run["prediction"]["cases"]) == 1 and run["prediction"]["seconds_per_case"] > 0
+        prediction = os.path.join(out, "runs", run["trainer"], "predictions", run["prediction"]["cases"][0] +
+                                  ".nii.gz")
+        assert os.path.isfile(prediction)
+        fg = run["metrics"]["foreground_mean"]
+        assert 0 <= fg["Dice"] <= 1 and 0 <= fg["NSD"] <= 1 and fg["HD95"] >= 0
+        assert set(run["metrics"]["mean"]) == {"1", "2"}
+        # the model folder is the benchmark's own, not the user's nnUNet_results
+        assert run["model_folder"].startswith(str(out))
+        assert os.path.isfile(os.path.join(run["model_folder"], "fold_0", "checkpoint_final.pth"))
+
+    assert result["machine"]["versions"]["nnunetv2"] and result["machine"]["cores"] >= 1
+    for chart in ("accuracy", "parameters", "memory", "time"):
+        assert (out / f"{chart}.png").stat().st_size > 1000
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Benchmarks") and text.rstrip().endswith("after")
+    assert "| SAMAdapterTrainer |" in text and "![memory](benchmarks/memory.png)" in text
+    assert (tmp_path / "benchmarks" / "time.png").is_file()
+    assert markdown_table(result).count("\n| ") == 4  # header + 3 trainers
+
+
+def test_update_doc_needs_markers(tmp_path):
+    from sam_nnunet.evaluation.report import update_document
+    doc = tmp_path / "d.md"
+    doc.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="generated block"):
+        update_document(str(doc), "table", [], str(doc))
+
+
+def test_the_recorded_command_reproduces_the_settings():
+    import shlex
+
+    from sam_nnunet.cli import build_parser
+    from sam_nnunet.evaluation.benchmark import command_line
+
+    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", trainers=["nnUNetTrainer", "SAMAdapterTrainer"],
+                          epochs=2, iterations=7, val_iterations=3, val_cases=4, mirroring=False, device="cpu",
+                          threads=2, encoders={"SAMAdapterTrainer": "vit_b"}, checkpoints={"*": "/w/sam b.pth"},
+                          allow_random_init=True, batch_size=2, output_dir="out dir")
+    args = build_parser().parse_args(shlex.split(command_line(s, "doc.md"))[1:])
+    assert (args.dataset, args.trainers, args.epochs, args.iterations, args.val_iterations, args.val_cases) == (
+        "Dataset004_Hippocampus", ["nnUNetTrainer", "SAMAdapterTrainer"], 2, 7, 3, 4)
+    assert args.no_mirroring and args.allow_random_init and args.batch_size == 2 and args.output == "out dir"
+    assert parse_per_trainer(args.encoder, "") == {"SAMAdapterTrainer": "vit_b"}
+    assert parse_per_trainer(args.checkpoint, "") == {"*": "/w/sam b.pth"} and args.update_doc == "doc.md"
