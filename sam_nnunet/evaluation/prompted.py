@@ -3,8 +3,9 @@
 For the benchmark (``sam-nnunet benchmark``) and for users: ``evaluate_clicks_on_fold(model_folder, fold)``
 predicts nnU-Net's validation cases of that fold (preprocessed data of the training run, nnU-Net's
 ``splits_final.json``) once per click count, with clicks simulated from the reference labels
-(``gt_segmentations``, the files nnU-Net's own validation compares with), and evaluates with nnU-Net's metrics.
-0 clicks = the automatic mode (every tile, no clicks), the same numbers nnU-Net's validation of the model gives.
+(``gt_segmentations``, the files nnU-Net's own validation compares with), and evaluates them as ``sam-nnunet
+evaluate`` does (nnU-Net's Dice, NSD, HD95). 0 clicks = the automatic mode (every tile, no clicks), what nnU-Net's
+own validation of the model measures.
 """
 import json
 import os
@@ -29,7 +30,8 @@ def paper_tiles(trainer_name: str) -> str:
 def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks: Sequence[int] = (0, 1, 3, 10),
                             tiles: Optional[str] = None, seed: int = 0, device: Optional[torch.device] = None,
                             checkpoint_name: str = "checkpoint_final.pth", disable_tta: bool = False,
-                            output_folder: Optional[str] = None, num_processes: int = 2) -> Dict[int, dict]:
+                            output_folder: Optional[str] = None, cases: Optional[Sequence[str]] = None,
+                            tolerance_mm: float = 5.0, num_processes: int = 1) -> Dict[int, dict]:
     """Predict and evaluate the fold's validation cases for each number of simulated clicks per class.
 
     Arguments:
@@ -40,17 +42,23 @@ def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks
         the trainer's paper protocol (SAMAdapterTrainer_prompted: "centred"). 0 clicks always uses "all".
       seed: seed of the simulated clicks (per case; the same clicks for every run with the same seed).
       output_folder: where the predictions go (default ``fold_F/validation_clicks``): ``N_clicks/`` per count with
-        nnU-Net's ``summary.json`` and the clicks used (``clicks.json``), and ``summary.json`` over all counts.
-    Returns {N: nnU-Net's metrics dict (``mean``, ``foreground_mean``, ``metric_per_case``)}; the Dice over the
-    foreground classes is ``result[N]["foreground_mean"]["Dice"]``.
+        its ``summary.json`` / ``summary.csv`` and the clicks used (``clicks.json``), and ``summary.json`` over all
+        counts.
+      cases: a subset of the fold's validation cases (default: all of them).
+      tolerance_mm: NSD tolerance (5 mm as both papers).
+    Returns {N: the summary of ``sam_nnunet.evaluation.evaluate.evaluate_folders`` (``mean``, ``foreground_mean``,
+    ``metric_per_case``)}; e.g. the foreground Dice with N clicks is ``result[N]["foreground_mean"]["Dice"]``.
     """
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+    from sam_nnunet.evaluation.evaluate import evaluate_folders
+
+    if str(fold) == "all":
+        raise ValueError("fold 'all' has no validation cases; evaluate a cross-validation fold")
     device = device or torch.device("cpu")
-    fold_name = fold if fold == "all" else int(fold)
+    fold_name = int(fold)
     predictor = load_prompted_predictor(model_folder, [fold_name], device, "all", disable_tta=disable_tta,
                                         checkpoint_name=checkpoint_name)
     tiles = tiles or paper_tiles(predictor.trainer_name)
@@ -61,9 +69,12 @@ def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks
     if not os.path.isfile(splits_file):
         raise FileNotFoundError(f"{splits_file} is missing: evaluating a fold needs the preprocessed dataset the "
                                 f"model was trained on (nnUNet_preprocessed)")
-    if fold_name == "all":
-        raise ValueError("fold 'all' has no validation cases; evaluate a cross-validation fold")
     validation = sorted(load_json(splits_file)[fold_name]["val"])
+    if cases is not None:
+        unknown = sorted(set(cases) - set(validation))
+        if unknown:
+            raise ValueError(f"{unknown} are not validation cases of fold {fold_name}")
+        validation = [c for c in validation if c in set(cases)]
     data_folder = join(base, cm.data_identifier)
     dataset = infer_dataset_class(data_folder)(data_folder, validation)
     reference_folder = join(base, "gt_segmentations")
@@ -89,14 +100,13 @@ def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks
             export_prediction_from_logits(logits, properties, cm, pm, dataset_json, join(folders[n], case))
             records[n]["cases"][case] = clicks_record(points, labels, names, lm.has_regions)
 
-    results, overview = {}, {"tiles": tiles, "seed": seed, "cases": validation, "foreground_dice": {}}
+    results, overview = {}, {"tiles": tiles, "seed": seed, "cases": validation, "foreground_mean": {}}
     for n in num_clicks:
         with open(join(folders[n], "clicks.json"), "w") as f:
             json.dump(records[n], f, indent=1)
-        results[n] = compute_metrics_on_folder(reference_folder, folders[n], join(folders[n], "summary.json"),
-                                               reader, file_ending, classes, lm.ignore_label,
-                                               num_processes=num_processes)
-        overview["foreground_dice"][str(n)] = results[n]["foreground_mean"]["Dice"]
+        results[n] = evaluate_folders(reference_folder, folders[n], classes, join(folders[n], "summary.json"),
+                                      tolerance_mm, lm.ignore_label, reader, file_ending, num_processes, chill=True)
+        overview["foreground_mean"][str(n)] = results[n]["foreground_mean"]
     with open(join(output_folder, "summary.json"), "w") as f:
         json.dump(overview, f, indent=1)
     return results

@@ -86,15 +86,15 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                      reference_folder: Optional[str] = None, tiles: str = "all", seed: int = 0,
                      device: Optional[torch.device] = None, checkpoint_name: str = "checkpoint_final.pth",
                      step_size: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
-                     num_processes: int = 2) -> Optional[dict]:
+                     num_processes: int = 2, tolerance_mm: float = 5.0) -> Optional[dict]:
     """Predict every case of ``input_folder`` (nnU-Net's naming: CASE_0000.nii.gz, ...) with its clicks.
 
     Clicks come from ``prompts_file`` or are simulated (``simulate`` per class) from ``reference_folder``'s labels.
-    With ``reference_folder`` the predictions are evaluated with nnU-Net's metrics (``OUT/summary.json``, returned).
+    With ``reference_folder`` the predictions are evaluated as ``sam-nnunet evaluate`` does (nnU-Net's Dice, NSD at
+    ``tolerance_mm``, HD95; ``OUT/summary.json`` and ``summary.csv``); the summary is returned.
     Errors the user can fix raise PromptFileError / ValueError with a message naming the case.
     """
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
         get_identifiers_from_splitted_dataset_folder
 
@@ -163,5 +163,7 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
 
     if reference_folder is None:
         return None
-    return compute_metrics_on_folder(reference_folder, output_folder, join(output_folder, "summary.json"), reader,
-                                     file_ending, classes, lm.ignore_label, num_processes=num_processes)
+    from sam_nnunet.evaluation.evaluate import evaluate_folders
+
+    return evaluate_folders(reference_folder, output_folder, classes, join(output_folder, "summary.json"),
+                            tolerance_mm, lm.ignore_label, reader, file_ending, num_processes, chill=True)
