@@ -68,6 +68,16 @@ def _cmd_predict_prompted(args) -> None:
               f" (foreground mean {summary['foreground_mean']['Dice']:.4f}); {args.o}/summary.json")
 
 
+def _cmd_plan_and_preprocess(args) -> None:
+    from sam_nnunet.planners.plan_and_preprocess import plan_and_preprocess
+    plan_and_preprocess(args.d, planner=args.pl, trainers=args.tr, encoder=args.encoder,
+                        gpu_memory_target=args.gpu_memory_target, configurations=args.c, num_processes=args.np,
+                        num_processes_fingerprint=args.npfp, verify_dataset_integrity=args.verify_dataset_integrity,
+                        clean=args.clean, no_preprocessing=args.no_pp,
+                        overwrite_target_spacing=args.overwrite_target_spacing,
+                        overwrite_plans_name=args.overwrite_plans_name, verbose=args.verbose)
+
+
 def _cmd_evaluate(args) -> None:
     from sam_nnunet.evaluation.evaluate import evaluate
     try:
@@ -173,6 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true")
     p.add_argument("-npp", type=int, default=2, help="processes for evaluation")
     p.set_defaults(func=_cmd_predict_prompted)
+
+    p = sub.add_parser("plan_and_preprocess",
+                       help="nnUNetv2_plan_and_preprocess with a SAM-aware planner: writes nnUNetSAMPlans, sized for "
+                            "our trainers (train with -p nnUNetSAMPlans)")
+    p.add_argument("-d", nargs="+", type=int, required=True, help="dataset IDs")
+    p.add_argument("-pl", default="SAMPlanner", help="planner class: SAMPlanner (default) or one of nnU-Net's")
+    p.add_argument("-tr", nargs="+", default=None,
+                   help="trainers to size the plans for; the first defines 3d_fullres, each further one gets "
+                        "3d_fullres_<Trainer> (default: every sam-nnunet trainer, SAMAdapterTrainer first)")
+    p.add_argument("-encoder", default=None,
+                   help="encoder to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint, else vit_b)")
+    p.add_argument("-gpu_memory_target", type=float, default=None,
+                   help="GB of tensor memory one training step may use (default 8, as nnU-Net)")
+    p.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess (default 3d_fullres)")
+    p.add_argument("-np", nargs="+", type=int, default=None,
+                   help="preprocessing processes, one number or one per configuration (nnU-Net's defaults)")
+    p.add_argument("-npfp", type=int, default=8, help="fingerprint extraction processes (default 8)")
+    p.add_argument("--verify_dataset_integrity", action="store_true")
+    p.add_argument("--clean", action="store_true", help="extract the fingerprint again even if one exists")
+    p.add_argument("--no_pp", action="store_true", help="fingerprint and plan only")
+    p.add_argument("-overwrite_target_spacing", nargs=3, type=float, default=None,
+                   help="target spacing of 3d_fullres instead of nnU-Net's (e.g. 1 1 1 as in the SAM papers)")
+    p.add_argument("-overwrite_plans_name", default=None, help="plans name (default nnUNetSAMPlans)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_cmd_plan_and_preprocess)
 
     p = sub.add_parser("evaluate", help="Dice (nnU-Net's), NSD and HD95 per case and label: summary.json + CSV")
     p.add_argument("-ref", required=True, help="folder of reference segmentations")

@@ -1,0 +1,228 @@
+"""Training memory of any network, estimated by tracing one nnU-Net training step on fake tensors.
+
+No per-network formula: the network is built and trained for two steps under ``FakeTensorMode`` (tensors with
+shapes, dtypes and devices but no data, so a ViT-B at a 128^3 patch costs seconds and no memory), and a dispatch
+mode counts the bytes of every live tensor storage. The peak of that count over the steps is the estimate: it holds
+the parameters and buffers, the batch, the activations autograd saves (only where a trainable path needs them: a
+frozen encoder run without gradient saves nothing), temporaries of each operation's outputs, gradients of the
+trainable parameters and the optimiser state (AdamW: two tensors per trainable parameter, created in the first step).
+
+What it cannot see: workspace that kernels allocate internally (cuDNN / oneDNN scratch), allocator rounding and
+fragmentation, the CUDA context. The check against measured peaks is ``sam_nnunet.planners.measure`` and
+documentation/planner.md.
+"""
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+
+class LiveTensorMemory(TorchDispatchMode):
+    """While active, counts the bytes of live tensor storages produced by any operation: ``current`` and ``peak``.
+
+    A storage is counted once however many views share it, from the operation that creates it until it is freed
+    (a weak-reference callback). Tensors created before the mode was entered are added with ``track``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live = WeakIdKeyDictionary()
+        self.current = 0
+        self.peak = 0
+
+    def track(self, tensors: Iterable[torch.Tensor]) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage())
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    def _add(self, storage) -> None:
+        if storage in self._live:
+            return
+        nbytes = storage.nbytes()
+        self._live[storage] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, nbytes)
+
+    def _free(self, nbytes: int) -> None:
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self._add(out.untyped_storage())
+        elif isinstance(out, (tuple, list, dict)):
+            self.track(tree_flatten(out)[0])
+        return out
+
+
+def training_step(network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, data: torch.Tensor,
+                  target: Any) -> torch.Tensor:
+    """nnU-Net's ``train_step`` as it runs without a grad scaler (CPU, fp32): zero_grad(set_to_none), forward, loss,
+    backward, gradient-norm clipping at 12, optimiser step. Returns the detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    output = network(data)
+    value = loss(output, target)
+    del output
+    value.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+    optimizer.step()
+    return value.detach()
+
+
+@dataclass
+class TrainingSetup:
+    """Everything that decides a training step's memory, JSON-serialisable (it crosses process boundaries).
+
+    Arguments:
+      network_class: dotted path of the network, as in the plans' ``architecture.network_class_name``.
+      arch_kwargs: the plans' ``architecture.arch_kwargs``.
+      input_channels: channels of the patch (dataset.json ``channel_names``).
+      labels: dataset.json ``labels``.
+      regions_class_order: dataset.json ``regions_class_order`` (region-based training) or None.
+      batch_dice: the configuration's ``batch_dice`` (loss only; no effect on memory worth noting).
+      deep_supervision_scales: the trainer's deep-supervision scales (finest first, nnU-Net's format), or None for
+        a trainer that trains without deep supervision (SAMTrainerBase's default).
+    """
+    network_class: str
+    arch_kwargs: Dict
+    input_channels: int
+    labels: Dict
+    regions_class_order: Optional[List[int]] = None
+    batch_dice: bool = False
+    deep_supervision_scales: Optional[List[List[float]]] = None
+
+    def label_manager(self):
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+        return LabelManager(self.labels, self.regions_class_order)
+
+    def build_network(self) -> nn.Module:
+        """The network the way nnU-Net builds it from plans (deep supervision off, as our trainers train it)."""
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        return get_network_from_plans(self.network_class, self.arch_kwargs, [], self.input_channels,
+                                      self.label_manager().num_segmentation_heads, allow_init=False,
+                                      deep_supervision=self.deep_supervision_scales is not None)
+
+    def build_loss(self) -> nn.Module:
+        """nnU-Net's own loss for these labels (``nnUNetTrainer._build_loss``: Dice+CE, or Dice+BCE for regions;
+        wrapped for deep supervision)."""
+        from types import SimpleNamespace
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        trainer_state = SimpleNamespace(
+            label_manager=self.label_manager(), configuration_manager=SimpleNamespace(batch_dice=self.batch_dice),
+            is_ddp=False, enable_deep_supervision=self.deep_supervision_scales is not None,
+            _do_i_compile=lambda: False, _get_deep_supervision_scales=lambda: self.deep_supervision_scales)
+        return nnUNetTrainer._build_loss(trainer_state)
+
+    @staticmethod
+    def build_optimizer(network: nn.Module) -> torch.optim.Optimizer:
+        """What SAMTrainerBase trains with: AdamW over the trainable parameters only. ``foreach=True`` is what AdamW
+        uses on CUDA by default (on the CPU it would step parameter by parameter): one temporary the size of the
+        trainable parameters more, and a much shorter trace."""
+        return torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4, foreach=True)
+
+    def make_batch(self, patch_size: Sequence[int], batch_size: int) -> Tuple[torch.Tensor, Any]:
+        """A batch as nnU-Net's data loader delivers it: float32 data, int16 label map (bool region maps); with deep
+        supervision a list of targets at every scale (DownsampleSegForDSTransform's sizes)."""
+        lm = self.label_manager()
+        data = torch.randn(batch_size, self.input_channels, *patch_size)
+
+        def target(shape):
+            if lm.has_regions:
+                channels = len(lm.foreground_regions) + (lm.ignore_label is not None)
+                return torch.rand(batch_size, channels, *shape) > 0.5
+            return torch.randint(0, lm.num_segmentation_heads, (batch_size, 1, *shape), dtype=torch.int16)
+
+        if self.deep_supervision_scales is None:
+            return data, target(patch_size)
+        return data, [target([round(p * f) for p, f in zip(patch_size, scale)])
+                      for scale in self.deep_supervision_scales]
+
+
+@dataclass(frozen=True)
+class TrainingMemoryEstimate:
+    """Peak tensor memory of training one network at one patch and batch size.
+
+    peak_bytes: peak over two training steps of all live tensors (parameters included).
+    persistent_bytes: what stays between steps (parameters, buffers, gradients, optimiser state).
+    parameter_bytes: parameters and buffers alone.
+    """
+    patch_size: Tuple[int, ...]
+    batch_size: int
+    peak_bytes: int
+    persistent_bytes: int
+    parameter_bytes: int
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_bytes / 1e9
+
+
+class TrainingMemoryEstimator:
+    """Estimates the peak training memory of one network at any patch and batch size (results cached).
+
+    The network is built once on fake tensors. Each estimate traces what every step of a running training holds:
+    the optimiser state exists (created here by one optimiser step on zero gradients, as AdamW creates it in the
+    first step), last step's gradients are alive when the batch arrives, then one full training step runs.
+
+    Arguments:
+      setup: the network, channels and labels.
+    """
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.setup = setup
+        self._fake = FakeTensorMode()
+        with self._fake:
+            self.network = setup.build_network()
+            self.loss = setup.build_loss()
+        self.network.train()
+        self._cache: Dict[Tuple[Tuple[int, ...], int], TrainingMemoryEstimate] = {}
+
+    def __call__(self, patch_size: Sequence[int], batch_size: int) -> TrainingMemoryEstimate:
+        key = (tuple(int(p) for p in patch_size), int(batch_size))
+        if key not in self._cache:
+            self._cache[key] = self._trace(*key)
+        return self._cache[key]
+
+    def predicted_peak_bytes(self, patch_size: Sequence[int], batch_size: int) -> Optional[float]:
+        """The peak predicted from the estimates traced so far as ``a + c * batch * voxels`` (least squares), or None
+        before two different sizes were traced. A starting point for searches only; plans use traced estimates."""
+        points = [(b * float(np.prod(p)), e.peak_bytes) for (p, b), e in self._cache.items()]
+        if len({x for x, _ in points}) < 2:
+            return None
+        c, a = np.polyfit(*zip(*points), 1)
+        return float(a + c * batch_size * float(np.prod(patch_size)))
+
+    def _trace(self, patch_size: Tuple[int, ...], batch_size: int) -> TrainingMemoryEstimate:
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        memory = LiveTensorMemory()
+        try:
+            with self._fake, memory:
+                memory.track(self.network.parameters())
+                memory.track(self.network.buffers())
+                parameter_bytes = memory.current
+                optimizer = self.setup.build_optimizer(self.network)
+                for p in trainable:
+                    p.grad = torch.zeros_like(p)
+                optimizer.step()
+                data, target = self.setup.make_batch(patch_size, batch_size)
+                training_step(self.network, optimizer, self.loss, data, target)
+                del data, target
+                persistent = memory.current
+                del optimizer
+        finally:
+            for p in trainable:
+                p.grad = None
+        return TrainingMemoryEstimate(patch_size, batch_size, memory.peak, persistent, parameter_bytes)

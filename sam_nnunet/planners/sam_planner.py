@@ -1,0 +1,367 @@
+"""SAMPlanner: nnU-Net's experiment planning with patch and batch size chosen for a SAM method's network.
+
+Everything a dataset decides stays nnU-Net's: fingerprint, target spacing (median, with nnU-Net's rule for
+anisotropic data), transposition, normalisation, resampling, the 2D configuration, the 3d_lowres decision. What
+differs is how a 3D configuration's patch and batch size are found (``get_plans_for_configuration``):
+
+1. candidate patches: nnU-Net's starting patch (aspect ratio from the spacing, volume of 256^3, clipped to the
+   median image), each axis rounded up to a length the method's token grid takes without waste
+   (``methods.TokenGrid``); then, as nnU-Net does, the axis that is largest relative to the median image shrinks
+   step by step, each step to the next waste-free length;
+2. the first candidate whose training step fits the memory target at nnU-Net's minimum batch size (2; 1 if even
+   the smallest patch does not fit with 2). Memory is not a reference ratio as in nnU-Net but an absolute estimate
+   traced from the network itself (``memory.TrainingMemoryEstimator``); the search bisects the candidates, starting
+   from a linear prediction fitted to the traces made so far;
+3. the largest batch size that fits, capped as in nnU-Net so a batch covers at most 5% of the dataset's voxels.
+
+The plans are sized for one method, the first of ``trainers`` (default SAMAdapterTrainer): its sizes go into
+``3d_fullres`` (and ``3d_lowres`` when nnU-Net creates one). Every further trainer gets its own configuration
+``3d_fullres_<Trainer>`` that inherits ``3d_fullres`` (same spacing, same preprocessed data) and overrides patch
+size, batch size and architecture. Each configuration records what it was sized for in ``sam_planner``; trainers
+read only nnU-Net's standard fields.
+"""
+import json
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+from sam_nnunet.planners.memory import TrainingMemoryEstimate, TrainingMemoryEstimator, TrainingSetup
+from sam_nnunet.planners.methods import UNALIGNED_GRID, MethodProfile, TokenGrid, get_method_profile
+
+DEFAULT_PLANS_NAME = "nnUNetSAMPlans"
+DEFAULT_TRAINER = "SAMAdapterTrainer"
+ESTIMATE_DESCRIPTION = ("peak tensor memory of one training step (fp32, AdamW), traced on fake tensors; CUDA context "
+                        "and allocator overhead not included")
+
+
+class PlanningError(ValueError):
+    """A plan is impossible under the user's settings; the message names the fix."""
+
+
+def variant_configuration_name(trainer: str, base: str = "3d_fullres") -> str:
+    """Name of the configuration sized for a further trainer, e.g. ``3d_fullres_ZAP25DSAMTrainer``."""
+    return f"{base}_{trainer}"
+
+
+def resolve_encoder(trainer_class: type, requested: Optional[str] = None) -> str:
+    """The encoder a trainer is sized with: ``requested`` (or what nnUNet_SAM_encoder / nnUNet_SAM_checkpoint name,
+    as training will use) when the trainer adapts its family; otherwise the trainer's default encoder."""
+    from sam_nnunet import settings
+    from sam_nnunet.encoders.checkpoint import read_state_dict
+    from sam_nnunet.encoders.pretrained import DEFAULT_ENCODER
+    from sam_nnunet.encoders.registry import ENCODERS, get_encoder, identify_checkpoint
+
+    families = tuple(trainer_class.encoder_families)
+    if requested is None:
+        requested = settings.get_str(settings.ENCODER)
+    if requested is None and settings.get_str(settings.CHECKPOINT):
+        path = settings.get_str(settings.CHECKPOINT)
+        requested = identify_checkpoint(read_state_dict(path), path).name
+    if requested is not None and get_encoder(requested).family in families:
+        return requested
+    profile = get_method_profile(trainer_class.__name__)
+    if profile is not None and profile.default_encoder:
+        return profile.default_encoder
+    if DEFAULT_ENCODER in ENCODERS and ENCODERS[DEFAULT_ENCODER].family in families:
+        return DEFAULT_ENCODER
+    return next(name for name, spec in ENCODERS.items() if spec.family in families)
+
+
+@dataclass
+class PlannedMethod:
+    """One trainer the plans are sized for: its network as the trainer writes it into the plans, and its profile."""
+    trainer: str
+    encoder: str
+    network_class: str
+    network_kwargs: Dict  # the encoder and the trainer's network_kwargs
+    profile: Optional[MethodProfile]
+
+    def arch_kwargs(self, spacing: Sequence[float]) -> Dict:
+        """The network's arguments for a configuration of this spacing."""
+        extra = self.profile.arch_kwargs(spacing) if self.profile and self.profile.arch_kwargs else {}
+        return {**self.network_kwargs, **extra}
+
+    def grid(self, arch_kwargs: Dict) -> TokenGrid:
+        return self.profile.grid(arch_kwargs) if self.profile else UNALIGNED_GRID
+
+    def deep_supervision_scales(self, arch_kwargs: Dict) -> Optional[List[List[float]]]:
+        if self.profile and self.profile.deep_supervision_scales:
+            return self.profile.deep_supervision_scales(arch_kwargs)
+        return None
+
+    def training_setup(self, arch_kwargs: Dict, input_channels: int, labels: Dict,
+                       regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
+        """What one training step of this method needs, for the memory estimate (and its measurement)."""
+        return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs))
+
+
+def planned_method(trainer: str, encoder: Optional[str] = None) -> PlannedMethod:
+    """A sam-nnunet trainer as the planner sizes it (encoder as ``resolve_encoder`` decides)."""
+    from sam_nnunet.info import get_trainer_class
+
+    try:
+        cls = get_trainer_class(trainer)
+    except ValueError as e:
+        raise PlanningError(str(e)) from None
+    chosen = resolve_encoder(cls, encoder)
+    return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
+                         get_method_profile(trainer))
+
+
+@dataclass(frozen=True)
+class Sizing:
+    arch_kwargs: Dict
+    grid: TokenGrid
+    patch_size: Tuple[int, ...]
+    batch_size: int
+    estimate: TrainingMemoryEstimate
+    batch_size_limited_by: str
+
+
+class SAMPlanner(ExperimentPlanner):
+    """nnU-Net ExperimentPlanner whose 3D configurations are sized for SAM trainers (see the module docstring).
+
+    Arguments (beyond nnU-Net's):
+      gpu_memory_target_in_gb: memory one training step may use, in GB (10^9 bytes) of tensor memory; nnU-Net's
+        default of 8 is kept. Leave room for the CUDA context and allocator overhead (about 1-2 GB).
+      plans_name: default ``nnUNetSAMPlans``.
+      trainers: trainer class names to size for; the first one defines ``3d_fullres``.
+      encoder: encoder to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint as training reads them,
+        else each trainer's default); applies to the trainers that adapt its family.
+      skip_failing_trainers: a further trainer (not the first) that cannot be planned gets no configuration (the
+        reason is in ``skipped``) instead of failing the planning.
+    """
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = DEFAULT_PLANS_NAME,
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False, trainers: Sequence[str] = (DEFAULT_TRAINER,),
+                 encoder: Optional[str] = None, skip_failing_trainers: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        if not trainers:
+            raise PlanningError("SAMPlanner needs at least one trainer to size the plans for")
+        if gpu_memory_target_in_gb <= 0:
+            raise PlanningError(f"the memory target must be positive, got {gpu_memory_target_in_gb} GB")
+        self.methods = [planned_method(t, encoder) for t in dict.fromkeys(trainers)]
+        if encoder is not None and all(m.encoder != encoder for m in self.methods):
+            raise PlanningError(f"-encoder {encoder} fits none of the trainers planned for "
+                                f"({', '.join(m.trainer for m in self.methods)}): `sam-nnunet info` lists which "
+                                f"encoders each trainer adapts")
+        self.skip_failing_trainers = skip_failing_trainers
+        self.skipped: Dict[str, str] = {}  # trainer -> why it got no configuration
+        self._estimators: Dict[str, TrainingMemoryEstimator] = {}
+        self._variants: Dict[str, Dict[str, dict]] = {}  # data identifier -> {trainer: configuration fields}
+
+    # ---- methods and their networks ------------------------------------------------------------------------
+    def training_setup(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingSetup:
+        channels = self.dataset_json.get("channel_names", self.dataset_json.get("modality"))
+        return method.training_setup(arch_kwargs, len(channels), self.dataset_json["labels"],
+                                     self.dataset_json.get("regions_class_order"))
+
+    def estimator(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingMemoryEstimator:
+        key = method.trainer + json.dumps(arch_kwargs, sort_keys=True)
+        if key not in self._estimators:
+            self._estimators[key] = TrainingMemoryEstimator(self.training_setup(method, arch_kwargs))
+        return self._estimators[key]
+
+    # ---- sizing ----------------------------------------------------------------------------------------------
+    @property
+    def memory_budget_bytes(self) -> float:
+        return self.UNet_vram_target_GB * 1e9
+
+    @staticmethod
+    def patch_candidates(grid: TokenGrid, spacing: Sequence[float], median_shape: Sequence[float]) -> List[Tuple]:
+        """Waste-free patches from nnU-Net's starting patch down to the grid's minimum, largest first."""
+        inverse = 1 / np.array(spacing, dtype=float)
+        initial = [round(i) for i in inverse * (256 ** 3 / np.prod(inverse)) ** (1 / 3)]
+        initial = [min(i, j) for i, j in zip(initial, median_shape)]
+        patch = [grid.round_up(axis, length) for axis, length in enumerate(initial)]
+        candidates = [tuple(patch)]
+        while True:
+            # nnU-Net's rule: shrink the axis that is largest relative to the median image (stable: last on ties)
+            order = np.argsort([p / m for p, m in zip(patch, median_shape)], kind="stable")[::-1]
+            for axis in order:
+                smaller = grid.next_smaller(int(axis), patch[axis])
+                if smaller is not None:
+                    patch[axis] = smaller
+                    break
+            else:
+                return candidates
+            candidates.append(tuple(patch))
+
+    def size_configuration(self, method: PlannedMethod, spacing: Sequence[float], median_shape: Sequence[float],
+                           approximate_n_voxels_dataset: float) -> Sizing:
+        arch_kwargs = method.arch_kwargs(spacing)
+        grid = method.grid(arch_kwargs)
+        estimator = _traced(method, self.estimator, method, arch_kwargs)
+        estimate = lambda patch, bs: _traced(method, estimator, patch, bs)
+        budget = self.memory_budget_bytes
+        fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
+        candidates = self.patch_candidates(grid, spacing, median_shape)
+
+        def guess(predicate_fits, n):
+            # first index the traces so far predict to fit: the search starts there (few traces when close)
+            predicted = [predicate_fits(i) for i in range(n)]
+            return None if None in predicted else next((i for i, ok in enumerate(predicted) if ok), n - 1)
+
+        for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
+            if not fits(candidates[-1], floor):
+                continue
+            predicted = lambda i: _le(estimator.predicted_peak_bytes(candidates[i], floor), budget)
+            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor),
+                                guess(predicted, len(candidates)))
+            if first is not None:
+                break
+        else:
+            smallest = estimate(candidates[-1], 1)
+            raise PlanningError(
+                f"{method.trainer} with encoder {method.encoder} needs {smallest.peak_gb:.2f} GB to train even the "
+                f"smallest patch {list(candidates[-1])} at batch size 1, more than the memory target of "
+                f"{self.UNet_vram_target_GB:g} GB. Raise -gpu_memory_target or plan a smaller encoder (-encoder).")
+        patch = candidates[first]
+
+        cap = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
+        top = max(cap, floor)
+        # largest batch size in [floor, top] that fits (fits(patch, floor) holds): find the first that does not
+        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guess(
+            lambda i: _not(_le(estimator.predicted_peak_bytes(patch, floor + 1 + i), budget)), top - floor))
+        batch = top if too_large is None else floor + too_large
+        if batch < top:
+            limited_by = "memory"
+        elif cap > floor:
+            limited_by = "dataset size (a batch covers at most 5% of the voxels, as in nnU-Net)"
+        else:
+            limited_by = "minimum batch size"
+        return Sizing(arch_kwargs, grid, tuple(int(p) for p in patch), int(batch), estimate(patch, batch),
+                      limited_by)
+
+    def method_fields(self, method: PlannedMethod, sizing: Sizing) -> dict:
+        """What a configuration says for one method: nnU-Net's patch/batch/architecture, and what it was sized for."""
+        return {
+            "batch_size": sizing.batch_size,
+            "patch_size": list(sizing.patch_size),
+            "architecture": {"network_class_name": method.network_class, "arch_kwargs": dict(sizing.arch_kwargs),
+                             "_kw_requires_import": []},
+            "sam_planner": {
+                "trainer": method.trainer,
+                "encoder": method.encoder,
+                "memory_target_gb": float(self.UNet_vram_target_GB),
+                "estimated_memory_gb": round(sizing.estimate.peak_gb, 4),
+                "estimate": ESTIMATE_DESCRIPTION,
+                "token_grid": sizing.grid.describe() if method.profile else
+                "no profile registered for this trainer: any patch length",
+                "batch_size_limited_by": sizing.batch_size_limited_by,
+            },
+        }
+
+    # ---- nnU-Net's hooks ---------------------------------------------------------------------------------------
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        if len(spacing) != 3:
+            # the 2D configuration stays nnU-Net's U-Net plan: our trainers segment 3D patches
+            return super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                       approximate_n_voxels_dataset, _cache)
+        assert all(s > 0 for s in spacing), f"Spacing must be > 0! Spacing: {spacing}"
+        median_shape = [float(m) for m in median_shape[:3]]
+        primary, *others = self.methods
+        plan = self._dataset_fields(spacing, median_shape, data_identifier)
+        plan.update(self.method_fields(primary, self.size_configuration(
+            primary, spacing, median_shape, approximate_n_voxels_dataset)))
+        if data_identifier == self.generate_data_identifier("3d_fullres"):
+            variants = self._variants[data_identifier] = {}
+            for m in others:
+                try:
+                    variants[m.trainer] = self.method_fields(m, self.size_configuration(
+                        m, spacing, median_shape, approximate_n_voxels_dataset))
+                except PlanningError as e:
+                    if not self.skip_failing_trainers:
+                        raise
+                    self.skipped[m.trainer] = str(e)
+        return plan
+
+    def _dataset_fields(self, spacing, median_shape, data_identifier: str) -> dict:
+        # the fields of nnU-Net's configuration that the data decides, computed by nnU-Net's own methods
+        resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()
+        resampling_softmax, resampling_softmax_kwargs = self.determine_segmentation_softmax_export_fn()
+        normalization_schemes, mask_is_used_for_norm = \
+            self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+        return {
+            "data_identifier": data_identifier,
+            "preprocessor_name": self.preprocessor_name,
+            "batch_size": None,
+            "patch_size": None,
+            "median_image_size_in_voxels": median_shape,
+            "spacing": spacing,
+            "normalization_schemes": normalization_schemes,
+            "use_mask_for_norm": mask_is_used_for_norm,
+            "resampling_fn_data": resampling_data.__name__,
+            "resampling_fn_seg": resampling_seg.__name__,
+            "resampling_fn_data_kwargs": resampling_data_kwargs,
+            "resampling_fn_seg_kwargs": resampling_seg_kwargs,
+            "resampling_fn_probabilities": resampling_softmax.__name__,
+            "resampling_fn_probabilities_kwargs": resampling_softmax_kwargs,
+        }
+
+    def save_plans(self, plans):
+        fullres = plans["configurations"].get("3d_fullres")
+        if fullres is not None:
+            for trainer, fields in self._variants.get(fullres["data_identifier"], {}).items():
+                plans["configurations"][variant_configuration_name(trainer)] = {"inherits_from": "3d_fullres",
+                                                                                **fields}
+        if self.skipped:
+            plans["sam_planner_skipped"] = dict(self.skipped)
+        super().save_plans(plans)
+
+
+def _traced(method: PlannedMethod, function, *args):
+    """Run a step of the memory estimate; a network or training step that cannot be traced on fake tensors becomes a
+    PlanningError naming the trainer and the fix."""
+    try:
+        return function(*args)
+    except Exception as e:
+        raise PlanningError(
+            f"the training step of {method.trainer} ({method.network_class}) could not be traced on fake tensors to "
+            f"estimate its memory ({type(e).__name__}: {e}). A method whose network output or training step is not "
+            f"nnU-Net's standard one needs a planner profile (documentation/planner.md, 'Adding a method').") from e
+
+
+def _le(value: Optional[float], bound: float) -> Optional[bool]:
+    return None if value is None else value <= bound
+
+
+def _not(value: Optional[bool]) -> Optional[bool]:
+    return None if value is None else not value
+
+
+def _first_true(n: int, predicate, guess: Optional[int] = None) -> Optional[int]:
+    """Smallest i in [0, n) with predicate(i), for a predicate that is False...False True...True; None if none.
+
+    Bisects; with a guess, first gallops outwards from it to bracket the answer, so a close guess costs a few
+    evaluations of the (expensive) predicate.
+    """
+    lo, hi = 0, n  # the answer is in [lo, hi]; hi == n means "none found yet"
+    if guess is not None and n > 0:
+        g, step = min(max(guess, 0), n - 1), 1
+        if predicate(g):
+            hi = g
+            while hi - step >= 0 and predicate(hi - step):
+                hi -= step
+                step *= 2
+            lo = max(0, hi - step + 1)
+        else:
+            lo = g + 1
+            while lo + step - 1 < n and not predicate(lo + step - 1):
+                lo += step
+                step *= 2
+            hi = min(n, lo + step - 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if predicate(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if lo < n else None
