@@ -30,9 +30,11 @@ class BallsNetwork(nn.Module):
         grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij"), -1)
         logits = torch.zeros(b, self.num_classes, *size)
         n = 0 if point_coords is None else point_coords.shape[1]
-        self.calls.append(n)
+        self.calls.append(0 if n == 0 else int((point_labels >= 0).sum()))
         for i in range(b):
             for p, label in zip(point_coords[i] if n else [], point_labels[i] if n else []):
+                if label < 0:
+                    continue
                 channel, negative = divmod(int(label), 2)
                 if not negative:
                     near = ((grid - p) ** 2).sum(-1) <= 1.5 ** 2

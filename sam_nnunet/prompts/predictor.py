@@ -126,6 +126,10 @@ class PromptedPredictor(nnUNetPredictor):
     def mirror_and_predict(self, x: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x (1, C, *P) and its clicks (n, 3), (n,) -> logits (1, K, *P), averaged over nnU-Net's mirrorings (the
         clicks mirrored with the tile)."""
+        # pad the clicks to a multiple of 8 with empty slots (label -1): few distinct shapes for torch.compile
+        pad = -labels.shape[0] % 8
+        coords = torch.cat([coords, coords.new_zeros(pad, 3)])
+        labels = torch.cat([labels, labels.new_full((pad,), -1)])
         point_coords = coords[None].to(x.device, torch.float32)
         point_labels = labels[None].to(x.device)
         prediction = self.network(x, point_coords, point_labels)
