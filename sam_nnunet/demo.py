@@ -101,7 +101,8 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
     """Generate (or convert) a dataset, plan and preprocess, train one fold, predict the test images, evaluate.
 
     Every step is the stock nnU-Net command line. Uses nnUNet_SAM_checkpoint when the user set one; otherwise the
-    tiny random-weight encoder ``vit_test`` with nnUNet_SAM_allow_random_init=1 (said so). Returns the folder of
+    tiny random-weight encoder of the trainer's family (``vit_test``, ``sam2_test``) with
+    nnUNet_SAM_allow_random_init=1 (said so). Returns the folder of
     predictions.
     """
     from sam_nnunet.nnunet_env import required_environment
@@ -113,9 +114,10 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
     env.setdefault("nnUNet_SAM_num_epochs", str(epochs))
     env.setdefault("nnUNet_SAM_iterations_per_epoch", str(iterations))
     if not env.get("nnUNet_SAM_checkpoint"):
-        env.setdefault("nnUNet_SAM_encoder", "vit_test")
+        test_encoder = _test_encoder(trainer)
+        env.setdefault("nnUNet_SAM_encoder", test_encoder)
         env.setdefault("nnUNet_SAM_allow_random_init", "1")
-        print("No nnUNet_SAM_checkpoint set: the demo trains the tiny random-weight encoder 'vit_test' "
+        print(f"No nnUNet_SAM_checkpoint set: the demo trains the tiny random-weight encoder '{test_encoder}' "
               "(a smoke run of the pipeline, not a foundation model). Export nnUNet_SAM_checkpoint=/path/to/"
               "sam_vit_b_01ec64.pth to run it with real SAM weights.")
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -154,6 +156,18 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
             f"label {k}: {v['Dice']:.3f}" for k, v in summary["mean"].items()))
     print(f"\nPredictions: {predictions}\nModel: {env['nnUNet_results']}/{dataset}/{trainer}__nnUNetPlans__3d_fullres")
     return predictions
+
+
+def _test_encoder(trainer: str) -> str:
+    """The tiny random-weight encoder of a trainer's encoder family (vit_test for SAM ViT, sam2_test for SAM 2)."""
+    from sam_nnunet.encoders.registry import ENCODERS
+    from sam_nnunet.info import get_trainer_class
+
+    try:
+        families = get_trainer_class(trainer).encoder_families
+    except ValueError:  # not one of ours (e.g. nnU-Net's own trainer): no encoder is used
+        return "vit_test"
+    return next(n for n, spec in ENCODERS.items() if spec.family in families and n.endswith("_test"))
 
 
 def _cuda_available() -> bool:

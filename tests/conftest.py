@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated nnU-Net environment, tiny SAM checkpoints in the official layout, and a small
 preprocessed dataset. Nothing is downloaded; everything is written under pytest's temporary folders."""
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -20,6 +21,12 @@ for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_ra
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.makedirs(os.environ[_key], exist_ok=True)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 HIPPOCAMPUS = os.path.join(SHARED_DATA, "Task04_Hippocampus")

@@ -91,6 +91,8 @@ class _Exploit:
 def _bad_files(tmp_path, state):
     text = tmp_path / "notes.txt"
     text.write_text("this is not a checkpoint\n")
+    other_text = tmp_path / "readme.pth"
+    other_text.write_text("hello\n")  # read as a (legacy) pickle: a different error inside torch
     pickled = tmp_path / "pickled.pth"
     torch.save({"weights": _Exploit(str(tmp_path / "pwned"))}, pickled)
     not_sd = tmp_path / "trainer_state.pth"
@@ -105,6 +107,7 @@ def _bad_files(tmp_path, state):
         "missing": (str(tmp_path / "nope.pth"), "no such file"),
         "directory": (str(tmp_path), "is a directory"),
         "text": (str(text), "not a readable PyTorch checkpoint"),
+        "other text": (str(other_text), "not a readable PyTorch checkpoint"),
         "pickled objects": (str(pickled), "weights_only=True"),
         "not a state dict": (str(not_sd), "not a model state dict"),
         "another model": (str(other), "not a checkpoint of a model sam-nnunet knows"),

@@ -94,16 +94,18 @@ class _WithFrozenBatchNorm(SAMNetworkBase):
         super().__init__("vit_test")
         self.backbone = nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2), nn.Dropout(0.5))
         self.backbone.requires_grad_(False)
+        self.tuned = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))  # pretrained but fine-tuned
         self.head = nn.Sequential(nn.Conv3d(2, 2, 1), nn.BatchNorm3d(2))
 
     def pretrained_modules(self):
-        return {"backbone": self.backbone}
+        return {"backbone": self.backbone, "tuned": self.tuned}
 
 
 def test_frozen_normalisation_statistics_do_not_drift():
     net = _WithFrozenBatchNorm().train()
     assert not net.backbone[1].training and not net.backbone[2].training
     assert net.head[1].training  # trainable parts train normally
+    assert net.tuned[1].training  # dropout of a fine-tuned pretrained block stays active
     before = net.backbone[1].running_mean.clone()
     net.backbone(torch.randn(4, 1, 3, 3, 3) * 5 + 3)
     torch.testing.assert_close(net.backbone[1].running_mean, before, rtol=0, atol=0)

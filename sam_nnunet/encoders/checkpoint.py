@@ -64,7 +64,11 @@ def read_state_dict(path: Optional[str], env_var: str = "nnUNet_SAM_checkpoint",
     use_mmap = mmap and zipfile.is_zipfile(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # a text file or another format, not a pickle of objects
+            raise CheckpointError(
+                f"{env_var}={path} is not a readable PyTorch checkpoint. The file may be truncated or of another "
+                f"format: download it again and check its size; {WHERE_TO_GET}.") from None
         raise CheckpointError(
             f"{env_var}={path} cannot be loaded safely: it contains objects other than tensors, and checkpoints "
             f"are only read with torch.load(weights_only=True). Use the original checkpoint as published (a plain "

@@ -71,8 +71,8 @@ def check_family(method: str, spec: EncoderSpec, families) -> None:
             f"{settings.CHECKPOINT}, or a trainer that supports {spec.name} (`sam-nnunet info` lists them).")
 
 
-def refuse_random_init_message(method: str, encoder: str) -> str:
+def refuse_random_init_message(method: str, encoder: str,
+                               example: str = "sam_vit_b_01ec64.pth or medsam_vit_b.pth") -> str:
     return (f"{method} will not train {encoder} from random weights: foundation-model trainers need pretrained "
-            f"weights. Set {settings.CHECKPOINT}=/path/to/checkpoint (e.g. sam_vit_b_01ec64.pth or "
-            f"medsam_vit_b.pth; {WHERE_TO_GET}). For a smoke test without weights set "
-            f"{settings.ALLOW_RANDOM_INIT}=1.")
+            f"weights. Set {settings.CHECKPOINT}=/path/to/checkpoint (e.g. {example}; {WHERE_TO_GET}). "
+            f"For a smoke test without weights set {settings.ALLOW_RANDOM_INIT}=1.")

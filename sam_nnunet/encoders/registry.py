@@ -71,4 +71,27 @@ def _register_sam_vit() -> None:
         register_encoder(EncoderSpec(name, "sam_vit", cfg.description))
 
 
+def _register_sam2() -> None:
+    # the configs only: the sam2 package itself is imported when a model is built
+    from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, infer_sam2_variant, recognises_sam2
+
+    register_family(EncoderFamily(
+        "sam2", "SAM 2 / SAM 2.1 (image_encoder.trunk.*, memory_attention.*)",
+        recognises=recognises_sam2, infer_variant=infer_sam2_variant))
+    for name, cfg in SAM2_CONFIGS.items():
+        register_encoder(EncoderSpec(name, "sam2", cfg.description))
+
+
+def _register_litemedsam() -> None:
+    from sam_nnunet.encoders import litemedsam
+
+    register_family(EncoderFamily(
+        "litemedsam", "LiteMedSAM TinyViT (image_encoder.patch_embed.seq.*, image_encoder.layers.*)",
+        recognises=litemedsam.recognises, infer_variant=litemedsam.infer_variant))
+    register_encoder(EncoderSpec(litemedsam.LITEMEDSAM.name, "litemedsam", litemedsam.LITEMEDSAM.description,
+                                 packaged_checkpoint=litemedsam.packaged_checkpoint))
+
+
 _register_sam_vit()
+_register_sam2()
+_register_litemedsam()

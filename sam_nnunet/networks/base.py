@@ -69,12 +69,20 @@ class SAMNetworkBase(nn.Module):
 
     def train(self, mode: bool = True):
         # nnU-Net calls network.train() every epoch; statistics and dropout of frozen pretrained parts must not
-        # change with it: a BatchNorm or Dropout inside a pretrained module, with no trainable weight, stays in eval
+        # change with it. Inside a pretrained module, a BatchNorm with no trainable weight stays in eval, and so does
+        # a Dropout whose enclosing block has no trainable weight (dropout in a fine-tuned block keeps working).
         super().train(mode)
         if mode:
-            pretrained = {id(m) for part in self.pretrained_modules().values() for m in part.modules()}
-            for module in self.modules():
-                if id(module) in pretrained and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) \
-                        and not any(p.requires_grad for p in module.parameters()):
-                    module.eval()
+            for prefix, part in self.pretrained_modules().items():
+                named = dict(part.named_modules())
+                for name, module in named.items():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        frozen = not any(p.requires_grad for p in module.parameters())
+                    elif isinstance(module, nn.Dropout):
+                        parent = named[name.rsplit(".", 1)[0] if "." in name else ""]
+                        frozen = not any(p.requires_grad for p in parent.parameters())
+                    else:
+                        continue
+                    if frozen:
+                        module.eval()
         return self

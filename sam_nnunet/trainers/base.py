@@ -37,6 +37,8 @@ class SAMTrainerBase(nnUNetTrainer):
     network_class: str = ""                    # dotted path of a SAMNetworkBase subclass
     network_kwargs: Dict = {}                  # extra constructor arguments written into the plans
     encoder_families: Tuple[str, ...] = ("sam_vit",)
+    default_encoder: Optional[str] = None      # where neither checkpoint nor nnUNet_SAM_encoder names one (else vit_b)
+    checkpoint_example: Optional[str] = None   # checkpoint file named in the random-init refusal
     spatial_dims: int = 3                      # patch dimensionality the network accepts
     sam_initial_lr: float = 1e-4
     sam_weight_decay: float = 0.0
@@ -52,7 +54,8 @@ class SAMTrainerBase(nnUNetTrainer):
             self._apply_short_run_settings()
             self._check_configuration()
             self.sam_choice: PretrainedChoice = choose_encoder(
-                self.__class__.__name__, self.encoder_families, self._encoder_of_previous_run())
+                self.__class__.__name__, self.encoder_families,
+                self._encoder_of_previous_run() or self.default_encoder)
         except (CheckpointError, ValueError) as e:
             raise UserFacingExit(str(e)) from None
         self._write_architecture_into_plans(self.sam_choice.encoder.name)
@@ -125,7 +128,9 @@ class SAMTrainerBase(nnUNetTrainer):
         if not self._weights_from_nnunet_checkpoint and not self.sam_choice.has_weights and \
                 not settings.get_flag(settings.ALLOW_RANDOM_INIT):
             # refuse before building anything
-            raise UserFacingExit(refuse_random_init_message(self.__class__.__name__, self.sam_choice.encoder.name))
+            raise UserFacingExit(refuse_random_init_message(
+                self.__class__.__name__, self.sam_choice.encoder.name,
+                *((self.checkpoint_example,) if self.checkpoint_example else ())))
         super().initialize()
         report = self.sam_network.parameter_report()
         self.print_to_log_file(
