@@ -19,6 +19,8 @@ Data flow for a patch (B, C_in, D, H, W):
       single-mask output); region-based training: k = regions, no background channel
 
 Encoder passes per patch: (D + H + W) / 4 (after padding), e.g. 34 for nnU-Net's 40x56x40 hippocampus patch.
+``forward`` = ``decode(*embed(x))``: the frozen part (``embed``, without autograd) and the trained part (``decode``)
+are separate, so the encoder can run once for several decodings (prompts: ``networks/zap25d_prompted.py``).
 """
 from typing import Dict, NamedTuple, Optional, Tuple
 
