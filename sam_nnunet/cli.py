@@ -45,6 +45,29 @@ def _cmd_demo(args) -> None:
     run_demo(args.work_dir, msd_task=args.msd, trainer=args.trainer, epochs=args.epochs, iterations=args.iterations)
 
 
+def _cmd_predict_prompted(args) -> None:
+    import torch
+
+    from sam_nnunet.prompts.predict import predict_prompted
+    from sam_nnunet.prompts.prompt_file import PromptFileError
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserFacingExit("-device cuda but no CUDA device is available; use -device cpu")
+    try:
+        summary = predict_prompted(args.i, args.o, args.m, args.f, prompts_file=args.prompts,
+                                   simulate=args.simulate_clicks, reference_folder=args.reference, tiles=args.tiles,
+                                   seed=args.seed, device=torch.device(args.device), checkpoint_name=args.chk,
+                                   step_size=args.step_size, disable_tta=args.disable_tta,
+                                   save_probabilities=args.save_probabilities, num_processes=args.npp)
+    except (PromptFileError, ValueError, FileNotFoundError) as e:
+        raise UserFacingExit(str(e)) from None
+    print(f"Predictions and the clicks used (clicks.json): {args.o}")
+    if summary is not None:
+        print("Dice against the reference: " + ", ".join(
+            f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()) +
+              f" (foreground mean {summary['foreground_mean']['Dice']:.4f}); {args.o}/summary.json")
+
+
 def _cmd_plan_and_preprocess(args) -> None:
     from sam_nnunet.planners.plan_and_preprocess import plan_and_preprocess
     plan_and_preprocess(args.d, planner=args.pl, trainers=args.tr, encoder=args.encoder,
@@ -136,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("predict-prompted", help="nnU-Net prediction with 3D click prompts (a prompt file, or clicks "
+                                                "simulated from reference labels) for *_prompted trainers")
+    p.add_argument("-i", required=True, help="folder of images, nnU-Net naming (CASE_0000.nii.gz, ...)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-m", required=True, help="model folder (.../DatasetXXX/Trainer__Plans__Configuration)")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default 0)")
+    p.add_argument("--prompts", default=None, help="prompt file (JSON; see documentation/prompts.md)")
+    p.add_argument("--simulate-clicks", type=int, default=None, metavar="N",
+                   help="instead of a prompt file: N positive clicks per class drawn from the --reference labels")
+    p.add_argument("--reference", default=None, help="folder of reference labels (CASE.nii.gz): source of simulated "
+                                                      "clicks, and the predictions are evaluated against it")
+    p.add_argument("--tiles", default="all", choices=("all", "clicked", "centred"),
+                   help="all: every sliding-window tile, tiles without clicks segmented automatically; clicked: only "
+                        "tiles with a click (ZAP-2.5DSAM's protocol); centred: one tile centred on the clicks "
+                        "(3DSAM-adapter's protocol)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated clicks")
+    p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("-step_size", type=float, default=0.5)
+    p.add_argument("--disable_tta", action="store_true")
+    p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument("-npp", type=int, default=2, help="processes for evaluation")
+    p.set_defaults(func=_cmd_predict_prompted)
 
     p = sub.add_parser("plan_and_preprocess",
                        help="nnUNetv2_plan_and_preprocess with a SAM-aware planner: writes nnUNetSAMPlans, sized for "

@@ -82,5 +82,16 @@ def _register_sam2() -> None:
         register_encoder(EncoderSpec(name, "sam2", cfg.description))
 
 
+def _register_litemedsam() -> None:
+    from sam_nnunet.encoders import litemedsam
+
+    register_family(EncoderFamily(
+        "litemedsam", "LiteMedSAM TinyViT (image_encoder.patch_embed.seq.*, image_encoder.layers.*)",
+        recognises=litemedsam.recognises, infer_variant=litemedsam.infer_variant))
+    register_encoder(EncoderSpec(litemedsam.LITEMEDSAM.name, "litemedsam", litemedsam.LITEMEDSAM.description,
+                                 packaged_checkpoint=litemedsam.packaged_checkpoint))
+
+
 _register_sam_vit()
 _register_sam2()
+_register_litemedsam()

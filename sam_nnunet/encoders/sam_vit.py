@@ -46,13 +46,16 @@ SAM_VIT_CONFIGS: Dict[str, SAMViTConfig] = {
 }
 
 
-def build_sam_image_encoder(name: str, img_size: Optional[int] = None) -> nn.Module:
+def build_sam_image_encoder(name: str, img_size: Optional[int] = None,
+                            window_size: Optional[int] = None) -> nn.Module:
     """The official ``ImageEncoderViT`` of a SAM size, random weights (what most of our methods adapt).
 
     Arguments:
       name: a key of SAM_VIT_CONFIGS.
       img_size: input size; sets the absolute-position grid (img_size / 16). Defaults to the training size, so
         the shapes equal the checkpoint's.
+      window_size: attention window of the non-global blocks (default: the size's own, 14 for SAM); another size
+        changes the shape of those blocks' relative-position tables, which loading then resizes.
     """
     from segment_anything.modeling import ImageEncoderViT
 
@@ -61,7 +64,7 @@ def build_sam_image_encoder(name: str, img_size: Optional[int] = None) -> nn.Mod
         depth=cfg.depth, embed_dim=cfg.embed_dim, img_size=img_size or cfg.img_size, mlp_ratio=4,
         norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=cfg.num_heads, patch_size=cfg.patch_size,
         qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg.global_attn_indexes,
-        window_size=cfg.window_size, out_chans=cfg.out_chans)
+        window_size=window_size or cfg.window_size, out_chans=cfg.out_chans)
 
 
 def build_sam(name: str, img_size: Optional[int] = None):

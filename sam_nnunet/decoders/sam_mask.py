@@ -1,0 +1,88 @@
+"""SAM's own mask decoder, prompt-free and without its IoU head (the only trained part of ZAP-2.5DSAM).
+
+The builders take any config with SAM's decoder sizes (``SAMViTConfig``, ``LiteMedSAMConfig``): ``out_chans``,
+``decoder_mlp_dim``, ``decoder_num_heads``, ``iou_head_hidden_dim``, ``mask_in_chans``, ``img_size``, ``patch_size``.
+"""
+from typing import Dict, Iterable
+
+import torch
+from torch import nn
+
+from sam_nnunet.encoders.sam_vit import load_submodule_state
+
+
+def build_sam_prompt_encoder(cfg) -> nn.Module:
+    """The official ``PromptEncoder`` of a SAM-family model (random weights; shapes equal the checkpoint's)."""
+    from segment_anything.modeling import PromptEncoder
+
+    grid = cfg.img_size // cfg.patch_size
+    return PromptEncoder(embed_dim=cfg.out_chans, image_embedding_size=(grid, grid),
+                         input_image_size=(cfg.img_size, cfg.img_size), mask_in_chans=cfg.mask_in_chans)
+
+
+def build_sam_mask_decoder(cfg) -> nn.Module:
+    """The official ``MaskDecoder`` of a SAM-family model (4 mask tokens, IoU head; random weights)."""
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+    return MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.out_chans, mlp_dim=cfg.decoder_mlp_dim,
+                                      num_heads=cfg.decoder_num_heads),
+        transformer_dim=cfg.out_chans, iou_head_depth=3, iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+
+
+class PromptFreeMaskDecoder(nn.Module):
+    """SAM's mask decoder without prompts and without its IoU head: ``num_masks`` mask logits per image embedding.
+
+    Output i is SAM's mask token i through hypernetwork MLP i. SAM has four of each, so up to four outputs add no
+    parameter; unused MLPs are dropped (the paper keeps one). All four mask tokens and the IoU token stay in the token
+    set, so the two-way transformer sees SAM's own tokens. Outputs beyond four get an added token and MLP each
+    (``extra_*``), initialised from SAM's token / MLP ``i mod 4`` when the pretrained weights are loaded.
+
+    Arguments:
+      cfg: decoder sizes (see the module docstring).
+      num_masks: number of mask logits per image (>= 1).
+    """
+
+    def __init__(self, cfg, num_masks: int) -> None:
+        super().__init__()
+        if num_masks < 1:
+            raise ValueError("PromptFreeMaskDecoder needs at least one output mask")
+        from segment_anything.modeling.mask_decoder import MLP
+
+        sam = build_sam_mask_decoder(cfg)
+        del sam.iou_prediction_head
+        sam.output_hypernetworks_mlps = nn.ModuleList(list(sam.output_hypernetworks_mlps)[:num_masks])
+        self.sam = sam
+        self.num_masks = num_masks
+        dim = cfg.out_chans
+        extra = max(0, num_masks - sam.num_mask_tokens)
+        self.extra_mask_tokens = nn.Parameter(torch.zeros(extra, dim))
+        self.extra_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(extra))
+
+    def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str = "the checkpoint") -> None:
+        kept = len(self.sam.output_hypernetworks_mlps)
+        dropped: Iterable[str] = ["iou_prediction_head."] + [
+            f"output_hypernetworks_mlps.{i}." for i in range(kept, self.sam.num_mask_tokens)]
+        load_submodule_state(self.sam, state_dict, "mask_decoder.", ignore_prefixes=dropped, path=path)
+        with torch.no_grad():
+            for j, mlp in enumerate(self.extra_hypernetworks_mlps):
+                source = j % self.sam.num_mask_tokens
+                self.extra_mask_tokens[j].copy_(self.sam.mask_tokens.weight[source])
+                mlp.load_state_dict(self.sam.output_hypernetworks_mlps[source].state_dict())
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                dense_embedding: torch.Tensor) -> torch.Tensor:
+        """image_embeddings (N, C, h, w), image_pe (1, C, h, w), dense_embedding (1, C, 1, 1)
+        -> mask logits (N, num_masks, 4h, 4w)."""
+        sam = self.sam
+        n, c, h, w = image_embeddings.shape
+        # no sparse prompt: the tokens are SAM's output tokens only
+        tokens = torch.cat([sam.iou_token.weight, sam.mask_tokens.weight, self.extra_mask_tokens], dim=0)
+        tokens = tokens.unsqueeze(0).expand(n, -1, -1)
+        hs, src = sam.transformer(image_embeddings + dense_embedding, image_pe.expand(n, -1, -1, -1), tokens)
+        mask_tokens_out = hs[:, 1:1 + self.num_masks]
+        upscaled = sam.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C/8, 4h, 4w)
+        mlps = list(sam.output_hypernetworks_mlps) + list(self.extra_hypernetworks_mlps)
+        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(mlps)], dim=1)  # (N, k, C/8)
+        return (hyper @ upscaled.flatten(2)).view(n, self.num_masks, *upscaled.shape[2:])

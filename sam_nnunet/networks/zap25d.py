@@ -1,0 +1,166 @@
+"""ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, for any nnU-Net patch: zero added parameters.
+
+Data flow for a patch (B, C_in, D, H, W):
+
+    pad each axis to a multiple of ``pool`` (4)
+    input channels -> 3 (replicate / pass / fixed 1x1x1 projection)   InputChannelAdapter
+    for each orientation (slices along D: H x W; along H: D x W; along W: D x H):
+      groups of 4 consecutive slices, each upsampled x4 and patch-   PseudoSliceEncoder (frozen, no_grad)
+        embedded, averaged into a pseudo-slice; the frozen encoder
+        blocks and neck run once per pseudo-slice -> (N, 256, gh, gw)
+      SAM's mask decoder (IoU head removed; trained, shared by the   PromptFreeMaskDecoder
+        three orientations), prompt-free: SAM's dense no-mask
+        embedding and its positional encoding of the token grid
+        -> (N, k, 4 gh, 4 gw), resized to the slice where the
+        encoder grid is not a quarter of it (LiteMedSAM)
+      logits of the pseudo-slices upsampled x4 along the slice axis (linear)
+    sum over the three orientations, crop back to (D, H, W)
+    k = foreground classes: prepend a constant background logit 0 (softmax([0, l]) = sigmoid(l), the paper's
+      single-mask output); region-based training: k = regions, no background channel
+
+Encoder passes per patch: (D + H + W) / 4 (after padding), e.g. 34 for nnU-Net's 40x56x40 hippocampus patch.
+"""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sam_nnunet.blocks.channels import InputChannelAdapter
+from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
+from sam_nnunet.blocks.pseudo_slices import PseudoSliceEncoder, build_pseudo_slice_encoder
+from sam_nnunet.decoders.sam_mask import PromptFreeMaskDecoder, build_sam_prompt_encoder
+from sam_nnunet.encoders.litemedsam import LITEMEDSAM
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, load_submodule_state
+from sam_nnunet.networks.base import SAMNetworkBase
+
+
+def fixed_colour_projection(adapter: InputChannelAdapter) -> None:
+    """Set a multi-channel input projection to a fixed false-colour mapping and freeze it.
+
+    ZAP's encoder runs without gradients, so a projection in front of it could not learn; instead of the channel
+    mean (which would merge all modalities into one grey image) every input channel keeps its own colour: channel i
+    goes to colour i mod 3, averaged with the other channels of that colour; with two channels the third colour is
+    their mean.
+    """
+    if adapter.proj is None:
+        return
+    c = adapter.in_channels
+    weight = torch.zeros(3, c)
+    for i in range(c):
+        weight[i % 3, i] = 1.0
+    if c == 2:
+        weight[2] = 0.5
+    weight = weight / weight.sum(1, keepdim=True)
+    with torch.no_grad():
+        adapter.proj.weight.copy_(weight.view(3, c, 1, 1, 1))
+        adapter.proj.bias.zero_()
+    adapter.requires_grad_(False)
+
+
+class ZAP25DNetwork(SAMNetworkBase):
+    """Tri-planar 2.5D ZAP-2.5DSAM network, built from nnU-Net plans (``architecture.arch_kwargs``).
+
+    Arguments:
+      input_channels: nnU-Net's input channels (any number).
+      num_classes: nnU-Net's segmentation heads.
+      encoder: SAM ViT size (``vit_b``, ``vit_l``, ``vit_h``, ``vit_test``) or ``litemedsam``.
+      upsample: in-plane upsampling of every slice (4 in the paper; capped at the encoder's training size).
+      pool: slices averaged into one pseudo-slice; also the upsampling of the logits along the slice axis.
+      window_size: attention window of SAM ViT's non-global blocks (16 in the paper); unused by LiteMedSAM.
+      background_channel: True for label-based training (a constant background logit precedes the
+        ``num_classes - 1`` mask outputs), False for region-based training (``num_classes`` mask outputs).
+      encoder_batch: pseudo-slices per encoder call, and per recomputed decoder segment (memory / speed; no effect
+        on the result).
+      checkpoint_decoder: in training, keep only the decoder's inputs and recompute its activations in the backward
+        pass, ``encoder_batch`` pseudo-slices at a time (the same gradients; ~1.6 GB less memory per 40x56x40
+        sample with LiteMedSAM, for a second decoder forward, which is small beside the encoder).
+      deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", upsample: float = 4,
+                 pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,
+                 checkpoint_decoder: bool = True, deep_supervision: bool = False) -> None:
+        super().__init__(encoder)
+        if deep_supervision:
+            raise ValueError("ZAP25DNetwork has no multi-scale heads; build it with deep_supervision=False")
+        num_masks = num_classes - 1 if background_channel else num_classes
+        if num_masks < 1:
+            raise ValueError(f"ZAP25DNetwork needs at least one foreground output; got {num_classes} classes with "
+                             f"background_channel={background_channel}")
+        cfg = LITEMEDSAM if encoder == LITEMEDSAM.name else SAM_VIT_CONFIGS.get(encoder)
+        self.pool = pool
+        self.background_channel = background_channel
+        self.encoder_batch = encoder_batch
+        self.checkpoint_decoder = checkpoint_decoder
+
+        self.channels = InputChannelAdapter(input_channels, 3)
+        fixed_colour_projection(self.channels)
+        self.encoder: PseudoSliceEncoder = build_pseudo_slice_encoder(encoder, window_size, upsample)
+        self.prompt_encoder = build_sam_prompt_encoder(cfg)
+        self.prompt_encoder.requires_grad_(False)
+        self.decoder = PromptFreeMaskDecoder(cfg, num_masks)
+
+    def pretrained_modules(self) -> Dict[str, nn.Module]:
+        return {"encoder": self.encoder, "prompt_encoder": self.prompt_encoder, "decoder.sam": self.decoder.sam}
+
+    def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str = "the checkpoint") -> None:
+        self.encoder.load_pretrained(state_dict, path)
+        load_submodule_state(self.prompt_encoder, state_dict, "prompt_encoder.", path=path)
+        self.decoder.load_pretrained(state_dict, path)
+
+    def parameter_notes(self) -> Dict:
+        k = self.decoder.num_masks
+        extra = len(self.decoder.extra_hypernetworks_mlps)
+        notes = {
+            "mask_outputs": k,
+            "background": "constant logit 0 (softmax = sigmoid of the mask logit)" if self.background_channel
+            else "none (region-based: one mask output per region)",
+            "outputs_from_sam_mask_tokens": k - extra,
+            "added_by_outputs_beyond_4": sum(p.numel() for p in self.decoder.extra_hypernetworks_mlps.parameters())
+            + self.decoder.extra_mask_tokens.numel(),
+            "encoder_passes_per_patch": f"(D + H + W) / {self.pool} pseudo-slices (axes padded to multiples of "
+                                        f"{self.pool})",
+        }
+        if self.channels.proj is not None:
+            notes["input_projection"] = (f"{self.channels.in_channels} channels -> RGB by a fixed false-colour "
+                                         f"1x1x1 projection (frozen: the encoder runs without gradients)")
+        return notes
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen encoder (with BatchNorm for LiteMedSAM) always as at inference
+        return self
+
+    def _plane_logits(self, image: torch.Tensor, axis: int) -> torch.Tensor:
+        """Mask logits (B, k, D, H, W) of one orientation: slices along ``axis`` (2, 3 or 4) of ``image``."""
+        stack = image.movedim(axis, 1)  # (B, S, 3, a, b)
+        b, s, c, height, width = stack.shape
+        groups = stack.reshape(b * s // self.pool, self.pool, c, height, width)
+        with torch.no_grad():  # ZAP's memory advantage: no activations of the frozen encoder are kept
+            embeddings = torch.cat([self.encoder(g) for g in groups.split(self.encoder_batch)])
+            grid = tuple(embeddings.shape[-2:])
+            image_pe = self.prompt_encoder.pe_layer(grid).unsqueeze(0).to(embeddings.dtype)
+            dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(embeddings.dtype)
+        if self.checkpoint_decoder and torch.is_grad_enabled():
+            masks = torch.cat([checkpoint(self.decoder, chunk, image_pe, dense, use_reentrant=False)
+                               for chunk in embeddings.split(self.encoder_batch)])
+        else:
+            masks = self.decoder(embeddings, image_pe, dense)  # (N, k, 4 gh, 4 gw)
+        if tuple(masks.shape[-2:]) != (height, width):
+            shrink = masks.shape[-2] >= height and masks.shape[-1] >= width
+            # area: the mean of the finer logits (LiteMedSAM's masks are 4x the slice resolution)
+            masks = F.interpolate(masks, size=(height, width), mode="area" if shrink else "bilinear")
+        masks = masks.unflatten(0, (b, s // self.pool)).transpose(1, 2)  # (B, k, S / pool, a, b)
+        masks = F.interpolate(masks, scale_factor=(self.pool, 1, 1), mode="trilinear", align_corners=False)
+        return masks.movedim(2, axis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, spatial = pad_to_multiple(x, (self.pool,) * 3)
+        image = self.channels(padded)
+        logits = sum(self._plane_logits(image, axis) for axis in (2, 3, 4))
+        logits = crop_to(logits, spatial)
+        if self.background_channel:
+            logits = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
+        return logits

