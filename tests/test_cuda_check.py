@@ -55,3 +55,21 @@ def test_cuda_check_script_on_cpu(synthetic_dataset, tmp_path):
     assert "memory" not in runs["nnUNetTrainer"]  # the estimator builds sam-nnunet networks only
     table = (out / "cuda_check.md").read_text()
     assert "| SAMAdapterTrainer | vit_test | ok |" in table and "| NoSuchTrainer | – | FAILED" in table
+
+
+def test_planner_estimates_zap_with_litemedsam():
+    # found on the GPU check: TinyViT's constructor calls .item(), which failed under the estimator's FakeTensorMode
+    # (DataDependentOutputException), so SAMPlanner could not size ZAP25DSAMTrainer with LiteMedSAM
+    from sam_nnunet.encoders.litemedsam import build_litemedsam_image_encoder
+    from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    setup = TrainingSetup("sam_nnunet.networks.zap25d.ZAP25DNetwork",
+                          {"encoder": "litemedsam", "upsample": 4, "pool": 4, "window_size": 16,
+                           "background_channel": True}, 1, {"background": 0, "a": 1, "b": 2})
+    small, large = TrainingMemoryEstimator(setup)([16, 16, 16], 1), TrainingMemoryEstimator(setup)([16, 16, 16], 2)
+    assert small.parameter_bytes > 5.7e6 * 4 and large.peak_bytes > small.peak_bytes > small.persistent_bytes
+    with FakeTensorMode():
+        encoder = build_litemedsam_image_encoder()
+    assert all(isinstance(t, FakeTensor) for t in [*encoder.parameters(), *encoder.buffers()])
+    assert not any(isinstance(p, FakeTensor) for p in build_litemedsam_image_encoder().parameters())
