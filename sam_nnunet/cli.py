@@ -102,7 +102,8 @@ def _cmd_benchmark(args) -> None:
             mirroring=not args.no_mirroring, device=args.device, threads=args.threads, tolerance=args.tolerance,
             encoders=parse_per_trainer(args.encoder, "--encoder"),
             checkpoints=parse_per_trainer(args.checkpoint, "--checkpoint"),
-            allow_random_init=args.allow_random_init)
+            allow_random_init=args.allow_random_init, click_tiles=args.click_tiles,
+            **({} if args.clicks is None else {"clicks": args.clicks}))
         result = run_benchmark(s, doc=args.update_doc)
     except ValueError as e:
         raise UserFacingExit(str(e)) from None
@@ -249,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-cases", type=int, default=None,
                    help="predict and evaluate only the first N validation cases of the fold (default: all)")
     p.add_argument("--no-mirroring", action="store_true", help="predict without test-time mirroring")
+    p.add_argument("--clicks", nargs="*", type=int, default=None, metavar="N",
+                   help="prompted trainers: also predict the validation cases with N simulated clicks per class, "
+                        "for each N (default 1 3 10); --clicks alone: automatic only")
+    p.add_argument("--click-tiles", choices=("all", "clicked", "centred"), default=None,
+                   help="tiles predicted with clicks (default: each prompted trainer's paper protocol)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")

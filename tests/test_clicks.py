@@ -87,3 +87,15 @@ def test_simulated_clicks_are_distinct_reference_voxels_per_class_and_reproducib
     # region-based: regions are tuples of labels, channels are region positions
     points, labels = simulate_clicks(ref, [(1, 2), (2,)], True, 1, case_rng(0, "case_a"))
     assert labels.tolist() == [click_label(0), click_label(1)]
+
+
+def test_distinct_positive_clicks():
+    target = _target()
+    g = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        coords, labels = sample_clicks_from_target(target, 3, False, positives_per_class=3, random_clicks=0,
+                                                   generator=g, distinct_positives=True)
+        assert len({tuple(c) for c in coords[0, :3].tolist()}) == 3  # class 1 has 8 voxels: three distinct ones
+        assert torch.equal(_labels_at(target, coords)[0, :3], torch.ones(3, dtype=torch.int16))
+    # class 2 has a single voxel: it is clicked three times rather than clicks landing elsewhere
+    assert (coords[0, 3:6] == torch.tensor([6.0, 6.0, 6.0])).all() and (labels[0, 3:6] == click_label(2)).all()

@@ -1,60 +1,50 @@
-"""Prompted 3DSAM-adapter end to end through the command line, as a user runs it: convert MSD hippocampus cases (or
-generate a dataset) -> plan_and_preprocess -> nnUNetv2_train -tr SAMAdapterTrainer_prompted -> sam-nnunet
-predict-prompted with a prompt file, and with clicks simulated from reference labels -> the benchmark interface."""
+"""Both prompted trainers end to end through the command line, as a user runs them: MSD hippocampus cases (or a
+generated dataset) converted and planned (the shared ``cli_dataset``) -> nnUNetv2_train -tr SAMAdapterTrainer_prompted
+(tiny encoder) / ZAP25DSAMTrainer_prompted (real LiteMedSAM weights, on coarse 3 mm plans: see
+``helpers.write_coarse_plans``) -> sam-nnunet predict-prompted with a prompt file, and with clicks simulated from
+reference labels -> the benchmark interface (automatic vs clicks on the validation fold)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import HIPPOCAMPUS
+from helpers import COARSE_PLANS, run_cli, write_coarse_plans
 
-from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
-from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.prompts.prompt_file import load_prompts
 
-BIN = os.path.dirname(sys.executable)
-TRAINER = "SAMAdapterTrainer_prompted"
+# per trainer: plans, its paper's test protocol (tiles), the click protocol its training log states, extra
+# predict-prompted options (LiteMedSAM on a CPU: no mirroring, 8x fewer forward passes), whether the user-error
+# checks (independent of the trainer) run with it
+SETUPS = {
+    "SAMAdapterTrainer_prompted": {"plans": "nnUNetPlans", "tiles": "centred", "predict": [], "check_errors": True,
+                                   "protocol": "10 positive per class present + 20 anywhere"},
+    "ZAP25DSAMTrainer_prompted": {"plans": COARSE_PLANS, "tiles": "clicked", "predict": ["--disable_tta"],
+                                  "check_errors": False,
+                                  "protocol": "1-3 (uniform) distinct positive per class present + 0 anywhere"},
+}
 
 
-def run(cmd, env, expect_ok=True):
-    proc = subprocess.run([os.path.join(BIN, cmd[0])] + [str(c) for c in cmd[1:]], env=env, capture_output=True,
-                          text=True)
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_sam_checkpoint):
-    """Fresh nnU-Net folders, a converted dataset, and SAMAdapterTrainer_prompted trained for 1 x 2 iterations.
-    Returns (env, raw folder, model folder)."""
-    root = tmp_path_factory.mktemp("prompted_e2e")
-    env = dict(os.environ)
-    env.update(required_environment(str(root / "nnunet")))
-    env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2"})
-    for var in list(env):
-        if var.startswith("nnUNet_SAM_"):
-            del env[var]
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key], exist_ok=True)
-    if os.path.isdir(HIPPOCAMPUS):
-        task = make_msd_subset(HIPPOCAMPUS, str(root / "msd"), num_train=6, num_test=2)
-        run(["nnUNetv2_convert_MSD_dataset", "-i", task, "-np", "2"], env)
-        dataset_id, raw = 4, os.path.join(env["nnUNet_raw"], "Dataset004_Hippocampus")
-        os.symlink(os.path.join(task, "labelsTs"), os.path.join(raw, "labelsTs"))
-    else:  # without ../shared/data: a generated dataset
-        dataset_id = 990
-        raw = make_synthetic_dataset(env["nnUNet_raw"], dataset_id, num_train=6, num_test=2)
-    run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2"], env)
-    train_env = dict(env, nnUNet_SAM_checkpoint=tiny_sam_checkpoint[0], nnUNet_SAM_num_epochs="1",
-                     nnUNet_SAM_iterations_per_epoch="2")
-    run(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], train_env)
-    model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres")
-    return env, raw, model
+@pytest.fixture(scope="module", params=list(SETUPS))
+def trained(request, cli_dataset, tmp_path_factory, tiny_sam_checkpoint):
+    """The trainer trained for 1 x 2 iterations on fold 0. Returns (env, raw folder, model folder, setup)."""
+    trainer, setup = request.param, SETUPS[request.param]
+    env = dict(cli_dataset["env"], nnUNet_results=str(tmp_path_factory.mktemp("prompted_results")))
+    dataset_id, raw = cli_dataset["dataset_id"], cli_dataset["raw"]
+    train_env = dict(env, nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="2")
+    if setup["plans"] == COARSE_PLANS:
+        preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))
+        if not os.path.isfile(os.path.join(preprocessed, COARSE_PLANS + ".json")):
+            write_coarse_plans(preprocessed)
+            run_cli(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", COARSE_PLANS, "-c", "3d_fullres",
+                     "-np", 2], env)
+        train_env.update(nnUNet_SAM_encoder="litemedsam", nnUNet_n_proc_DA="0")
+    else:
+        train_env.update(nnUNet_SAM_checkpoint=tiny_sam_checkpoint[0])
+    run_cli(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", trainer, "-p", setup["plans"], "-device", "cpu"],
+        train_env)
+    model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{trainer}__{setup['plans']}__3d_fullres")
+    return env, raw, model, setup
 
 
 def _one_voxel_per_class(label_file):
@@ -69,13 +59,13 @@ def _one_voxel_per_class(label_file):
 
 @pytest.mark.slow
 def test_train_then_predict_with_a_prompt_file_and_with_simulated_clicks(trained, tmp_path):
-    env, raw, model = trained
+    env, raw, model, setup = trained
     assert os.path.isfile(os.path.join(model, "fold_0", "checkpoint_final.pth"))
     # nnU-Net's own final validation ran in the automatic mode
     assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
     log = "".join(open(os.path.join(model, "fold_0", f)).read() for f in os.listdir(os.path.join(model, "fold_0"))
                   if f.startswith("training_log"))
-    assert "10 positive per class present + 20 anywhere" in log
+    assert setup["protocol"] in log
 
     images, references = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")
     cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(references) if f.endswith(".nii.gz"))
@@ -89,8 +79,8 @@ def test_train_then_predict_with_a_prompt_file_and_with_simulated_clicks(trained
     prompt_file.write_text(json.dumps(prompts))
 
     out = tmp_path / "prompted"
-    run(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", model, "-f", 0, "--prompts", prompt_file,
-         "-npp", 1], env)
+    run_cli(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", model, "-f", 0, "--prompts",
+             prompt_file, "-npp", 1, *setup["predict"]], env)
     for case in cases:
         pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
         ref = sitk.ReadImage(os.path.join(references, case + ".nii.gz"))
@@ -101,8 +91,9 @@ def test_train_then_predict_with_a_prompt_file_and_with_simulated_clicks(trained
     assert used.cases[cases[0]][2].label == names[0]  # a negative click is a background click (label-based)
 
     simulated = tmp_path / "simulated"
-    proc = run(["sam-nnunet", "predict-prompted", "-i", images, "-o", simulated, "-m", model, "-f", 0,
-                "--simulate-clicks", 3, "--reference", references, "--tiles", "centred", "-npp", 1], env)
+    proc = run_cli(["sam-nnunet", "predict-prompted", "-i", images, "-o", simulated, "-m", model, "-f", 0,
+                    "--simulate-clicks", 3, "--reference", references, "--tiles", setup["tiles"], "-npp", 1,
+                    *setup["predict"]], env)
     assert "Dice against the reference" in proc.stdout
     summary = json.load(open(simulated / "summary.json"))
     assert set(summary["mean"]) == {"1", "2"} and len(summary["metric_per_case"]) == len(cases)
@@ -114,11 +105,13 @@ def test_train_then_predict_with_a_prompt_file_and_with_simulated_clicks(trained
             i, j, k = (int(round(v)) for v in click.point)
             assert names[int(labels[k, j, i])] == click.label and click.positive
 
+    if not setup["check_errors"]:
+        return
     # a click outside the image stops the command with the case named, before predicting
     prompts["cases"][cases[1]].append({"point": [500, 0, 0], "class": 1})
     prompt_file.write_text(json.dumps(prompts))
-    proc = run(["sam-nnunet", "predict-prompted", "-i", images, "-o", tmp_path / "bad", "-m", model, "-f", 0,
-                "--prompts", prompt_file], env, expect_ok=False)
+    proc = run_cli(["sam-nnunet", "predict-prompted", "-i", images, "-o", tmp_path / "bad", "-m", model, "-f", 0,
+                    "--prompts", prompt_file], env, expect_ok=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"case '{cases[1]}', click 2: voxel index [500.0, 0.0, 0.0] lies outside the image" in proc.stderr
     assert not os.path.exists(tmp_path / "bad" / f"{cases[0]}.nii.gz")
@@ -126,20 +119,22 @@ def test_train_then_predict_with_a_prompt_file_and_with_simulated_clicks(trained
 
 @pytest.mark.slow
 def test_automatic_versus_clicks_on_the_validation_fold(trained, monkeypatch):
-    """The benchmark's interface: Dice of the fold's validation cases with 0 (automatic) and 1 simulated click."""
+    """The benchmark's interface: Dice of a validation case of the fold with 0 (automatic) and 1 simulated click."""
     from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold
 
-    env, _, model = trained
+    env, _, model, setup = trained
     monkeypatch.setenv("nnUNet_preprocessed", env["nnUNet_preprocessed"])
-    results = evaluate_clicks_on_fold(model, 0, num_clicks=(0, 1))
-    assert set(results) == {0, 1}
     automatic = json.load(open(os.path.join(model, "fold_0", "validation", "summary.json")))
-    assert len(results[0]["metric_per_case"]) == len(automatic["metric_per_case"])
+    first = sorted(automatic["metric_per_case"], key=lambda c: c["reference_file"])[0]
+    case = os.path.basename(first["reference_file"])[:-len(".nii.gz")]
+    results = evaluate_clicks_on_fold(model, 0, num_clicks=(0, 1), cases=[case])  # one case: CPU time
+    assert set(results) == {0, 1} and len(results[0]["metric_per_case"]) == 1
     # the automatic mode through PromptedPredictor gives what nnU-Net's own validation of the model gave
-    for label, metrics in automatic["mean"].items():
+    for label, metrics in first["metrics"].items():
         assert results[0]["mean"][int(label)]["Dice"] == pytest.approx(metrics["Dice"], abs=1e-3, nan_ok=True)
     for n in (0, 1):
         assert 0.0 <= results[n]["foreground_mean"]["Dice"] <= 1.0 and "NSD" in results[n]["foreground_mean"]
     overview = json.load(open(os.path.join(model, "fold_0", "validation_clicks", "summary.json")))
-    assert overview["tiles"] == "centred" and set(overview["foreground_mean"]) == {"0", "1"}
+    assert overview["tiles"] == setup["tiles"] and set(overview["foreground_mean"]) == {"0", "1"}
+    assert overview["cases"] == [case]
     assert os.path.isfile(os.path.join(model, "fold_0", "validation_clicks", "1_clicks", "clicks.json"))

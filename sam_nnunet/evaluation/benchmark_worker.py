@@ -15,6 +15,9 @@ What is measured, and how:
   (nnUNet_n_proc_DA) are not included; they run the same code for every trainer.
 - prediction time per case: ``predict_single_npy_array`` on the image already read: nnU-Net preprocessing,
   sliding-window inference (with test-time mirroring unless disabled), resampling, export of the segmentation.
+- prompted trainers (``PromptedTrainerMixin``): the automatic row above, then the same validation cases with N
+  simulated clicks per class for each N of ``clicks`` (``evaluate_clicks_on_fold``: clicks drawn from the
+  reference labels, seed 0, the trainer's paper protocol for the tiles unless ``click_tiles``), evaluated alike.
 
 Usage (by the benchmark, not by hand): ``python -m sam_nnunet.evaluation.benchmark_worker SPEC RESULT PROGRESS``.
 """
@@ -158,6 +161,7 @@ def train(spec: dict, progress: Progress) -> dict:
         "model_folder": trainer.output_folder_base,
         "validation_keys": list(trainer.do_split()[1]),
         "mirror_axes": list(trainer.inference_allowed_mirroring_axes or []),
+        "prompted": is_prompted(trainer_class),
     }
     del trainer, network
     gc.collect()
@@ -215,6 +219,32 @@ def predict_and_evaluate(spec: dict, trained: dict, progress: Progress) -> dict:
                         "summary_file": summary_file}}
 
 
+def is_prompted(trainer_class: type) -> bool:
+    """Trainers whose network takes clicks: those built with PromptedTrainerMixin."""
+    from sam_nnunet.trainers.prompted import PromptedTrainerMixin
+
+    return issubclass(trainer_class, PromptedTrainerMixin)
+
+
+def evaluate_clicks(spec: dict, trained: dict, keys: List[str], progress: Progress) -> dict:
+    """The validation cases ``keys`` with N simulated clicks per class, for each N of ``spec["clicks"]``."""
+    from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
+
+    counts = list(spec["clicks"])
+    tiles = spec["click_tiles"] or paper_tiles(spec["trainer"])
+    progress("clicks", 0, 1)
+    start = time.perf_counter()
+    results = evaluate_clicks_on_fold(trained["model_folder"], spec["fold"], counts, tiles=tiles, seed=0,
+                                      device=torch.device(spec["device"]), disable_tta=not spec["mirroring"],
+                                      output_folder=spec["click_predictions"], cases=keys,
+                                      tolerance_mm=spec["tolerance"])
+    progress("clicks", 1, 1)
+    return {"tiles": tiles, "seed": 0, "cases": keys, "output_folder": spec["click_predictions"],
+            "seconds": time.perf_counter() - start,
+            "counts": {str(n): {"foreground_mean": results[n]["foreground_mean"],
+                                "mean": {str(k): v for k, v in results[n]["mean"].items()}} for n in counts}}
+
+
 def main(spec_file: str, result_file: str, progress_file: str) -> int:
     with open(spec_file) as f:
         spec = json.load(f)
@@ -224,6 +254,8 @@ def main(spec_file: str, result_file: str, progress_file: str) -> int:
     try:
         result = train(spec, progress)
         result.update(predict_and_evaluate(spec, result, progress))
+        if result["prompted"] and spec.get("clicks"):
+            result["clicks"] = evaluate_clicks(spec, result, result["prediction"]["cases"], progress)
         result["status"] = "ok"
     except BaseException as e:  # noqa: B902 - reported to the benchmark, which goes on with the next trainer
         from sam_nnunet.errors import UserFacingExit

@@ -59,11 +59,22 @@ def _sample_voxels(masks: torch.Tensor, count: int, generator: Optional[torch.Ge
     return index.clamp(max=masks.shape[-1] - 1), totals > 0
 
 
+def _sample_distinct_voxels(masks: torch.Tensor, count: int, generator: Optional[torch.Generator]) -> Tuple[
+        torch.Tensor, torch.Tensor]:
+    """As ``_sample_voxels``, without replacement: ``count`` distinct voxels per row (random keys, top-k); a row with
+    fewer than ``count`` voxels has all of them, its remaining picks drawn with replacement."""
+    keys = torch.rand(masks.shape, generator=generator, device=masks.device).masked_fill(~masks, -1.0)
+    top, index = keys.topk(count, dim=-1)  # (R, count)
+    fallback, present = _sample_voxels(masks, count, generator)
+    return torch.where(top >= 0, index, fallback), present
+
+
 def sample_clicks_from_target(target: torch.Tensor, num_outputs: int, has_regions: bool,
                               positives_per_class: int = 10, random_clicks: int = 20,
                               prompt_free_probability: float = 0.0, ignore_label: Optional[int] = None,
                               min_positives_per_class: Optional[int] = None,
-                              generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                              generator: Optional[torch.Generator] = None,
+                              distinct_positives: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Clicks for a batch of training patches, drawn from nnU-Net's target as 3DSAM-adapter does per crop.
 
     For every foreground class (label-based) or region present in a patch: ``positives_per_class`` positive clicks
@@ -72,9 +83,11 @@ def sample_clicks_from_target(target: torch.Tensor, num_outputs: int, has_region
     voxel, background included; region-based: inside / outside a region chosen at random). Voxels of nnU-Net's
     ignore label are never clicked. With ``min_positives_per_class`` the number of positive clicks per class is
     drawn uniformly from [min_positives_per_class, positives_per_class] for every patch and class (ZAP-2.5DSAM:
-    k ~ U{1, 2, 3}, no random clicks); the remaining slots stay empty. With ``prompt_free_probability`` a patch gets no click at all (the automatic
-    mode). Classes absent from a patch leave their slots empty (label -1), so N is the same for every batch:
-    ``(num foreground channels) * positives_per_class + random_clicks``.
+    k ~ U{1, 2, 3}, no random clicks); the remaining slots stay empty. ``distinct_positives``: the positive clicks of
+    a class are distinct voxels (ZAP-2.5DSAM; 3DSAM-adapter draws with replacement) where it has enough of them.
+    With ``prompt_free_probability`` a patch gets no click at all (the automatic mode). Classes absent from a patch
+    leave their slots empty (label -1), so N is the same for every batch: ``(num foreground channels) *
+    positives_per_class + random_clicks``.
 
     Arguments:
       target: (B, 1, *S) label map (label-based) or (B, R, *S) region masks (region-based; with an ignore label
@@ -97,7 +110,8 @@ def sample_clicks_from_target(target: torch.Tensor, num_outputs: int, has_region
     masks = masks & annotated[:, None]
     k = channels.numel()
 
-    index, present = _sample_voxels(masks.reshape(b * k, -1), positives_per_class, generator)
+    sample = _sample_distinct_voxels if distinct_positives else _sample_voxels
+    index, present = sample(masks.reshape(b * k, -1), positives_per_class, generator)
     pos_index = index.reshape(b, k * positives_per_class)
     pos_labels = (2 * channels).repeat_interleave(positives_per_class)[None].expand(b, -1).clone()
     pos_labels[~present.reshape(b, k).repeat_interleave(positives_per_class, dim=1)] = NO_CLICK

@@ -50,8 +50,8 @@ class PromptedPredictor(nnUNetPredictor):
         if not getattr(self.plain_network, "takes_clicks", False):
             raise ValueError(
                 f"the model was trained with {self.trainer_name}, whose network {type(self.plain_network).__name__} "
-                f"takes no clicks. Predict it with nnUNetv2_predict, or train a prompted trainer (e.g. "
-                f"SAMAdapterTrainer_prompted) for click prompts")
+                f"takes no clicks. Predict it with nnUNetv2_predict, or train a prompted trainer "
+                f"(SAMAdapterTrainer_prompted, ZAP25DSAMTrainer_prompted) for click prompts")
 
     # ---- a case -------------------------------------------------------------------------------------------------
     def predict_logits_with_clicks(self, data: torch.Tensor, point_coords: np.ndarray,

@@ -35,12 +35,15 @@ class PromptedTrainerMixin:
     Click protocol (class attributes, per patch; see ``sample_clicks_from_target``):
       train_positive_clicks / train_min_positive_clicks: positive clicks per class present (a fixed number, or
         uniform in [min, max] when min is set);
+      distinct_clicks: the positive clicks of a class are distinct voxels, in training and validation (else drawn
+        with replacement);
       train_random_clicks: clicks anywhere in the patch, labelled by the target;
       prompt_free_probability: share of training patches without any click (trains the automatic mode);
       val_positive_clicks / val_random_clicks: the clicks of nnU-Net's per-epoch validation (pseudo Dice).
     """
     train_positive_clicks: int = 10
     train_min_positive_clicks: Optional[int] = None
+    distinct_clicks: bool = False
     train_random_clicks: int = 20
     prompt_free_probability: float = 0.2
     val_positive_clicks: int = 10
@@ -55,9 +58,10 @@ class PromptedTrainerMixin:
             return sample_clicks_from_target(
                 target, lm.num_segmentation_heads, lm.has_regions, self.train_positive_clicks,
                 self.train_random_clicks, self.prompt_free_probability, lm.ignore_label,
-                self.train_min_positive_clicks)
+                self.train_min_positive_clicks, distinct_positives=self.distinct_clicks)
         return sample_clicks_from_target(target, lm.num_segmentation_heads, lm.has_regions, self.val_positive_clicks,
-                                         self.val_random_clicks, 0.0, lm.ignore_label)
+                                         self.val_random_clicks, 0.0, lm.ignore_label,
+                                         distinct_positives=self.distinct_clicks)
 
     @contextmanager
     def clicks_bound(self, point_coords: torch.Tensor, point_labels: torch.Tensor):
@@ -81,6 +85,8 @@ class PromptedTrainerMixin:
             positives = f"{self.train_min_positive_clicks}-{self.train_positive_clicks} (uniform)"
         else:
             positives = str(self.train_positive_clicks)
+        if self.distinct_clicks:
+            positives += " distinct"
         return (f"training clicks per patch: {positives} positive per class present + {self.train_random_clicks} "
                 f"anywhere; {self.prompt_free_probability:.0%} of patches without clicks; validation: "
                 f"{self.val_positive_clicks} positive per class")
