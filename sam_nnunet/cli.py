@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="demo_output")
     p.add_argument("--msd", default=None, help="a Medical Segmentation Decathlon Task folder (default: synthetic)")
     p.add_argument("--trainer", default="SAMAdapterTrainer")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
+    # 6 x 25 iterations: enough for the tiny random encoder to segment the synthetic structures (2 x 10 gave Dice
+    # 0.33 / 0.0; after 5 x 25 nnU-Net's pseudo Dice was 0.87 / 0.79), a few minutes on 2 CPU cores
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("predict-prompted", help="nnU-Net prediction with 3D click prompts (a prompt file, or clicks "

@@ -73,6 +73,18 @@ def peak_rss_bytes() -> int:
     return int(value if sys.platform == "darwin" else value * 1024)
 
 
+def configure_torch(device: torch.device, threads: int) -> None:
+    """What nnUNetv2_train sets before training (nnunetv2.run.run_training): on the CPU all ``threads``; on CUDA one
+    CPU thread and cuDNN autotuning (without it nnU-Net's convolutions run with cuDNN's default algorithms, which is
+    not how nnUNetv2_train trains)."""
+    if device.type == "cuda":
+        torch.set_num_threads(1)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        torch.set_num_threads(threads)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -237,8 +249,7 @@ def main(spec_file: str, result_file: str, progress_file: str) -> int:
     with open(spec_file) as f:
         spec = json.load(f)
     progress = Progress(progress_file)
-    if spec["device"] == "cpu":
-        torch.set_num_threads(spec["threads"])  # as nnUNetv2_train / nnUNetv2_predict do on the CPU
+    configure_torch(torch.device(spec["device"]), spec["threads"])
     start = time.time()
     try:
         result = train(spec, progress)
