@@ -195,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", nargs="+", default=None,
                    help="trainers to size the plans for; the first defines 3d_fullres, each further one gets "
                         "3d_fullres_<Trainer> (default: every sam-nnunet trainer, SAMAdapterTrainer first)")
-    p.add_argument("-encoder", default=None,
-                   help="encoder to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint, else vit_b)")
+    p.add_argument("-encoder", nargs="+", default=None,
+                   help="encoder(s) to size with; each trainer takes the first one it adapts (default: "
+                        "nnUNet_SAM_encoder / nnUNet_SAM_checkpoint, else the trainer's default: vit_b, SAM 2: "
+                        "sam2.1_hiera_t)")
     p.add_argument("-gpu_memory_target", type=float, default=None,
                    help="GB of tensor memory one training step may use (default 8, as nnU-Net)")
     p.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess (default 3d_fullres)")

@@ -4,6 +4,9 @@ documentation/planner.md.
     PYTHONPATH=. python scripts/planner_sizing_report.py --hippocampus-id 4 [--ct] [--encoders vit_b vit_l]
         [--trainers SAMAdapterTrainer SAM3DMedTrainer] [--targets 8 24 80]
 
+Each trainer is planned with each of --encoders that it adapts (e.g. --trainers ZAP25DSAMTrainer
+SAM2_3dMedTrainer --encoders vit_b litemedsam sam2.1_hiera_t).
+
 --hippocampus-id: a planned dataset (its fingerprint must exist; e.g. after `sam-nnunet plan_and_preprocess -d 4
 --no_pp`). --ct: also an abdominal-CT-like dataset whose fingerprint is written here (80 cases, 512x512 in-plane at
 0.78 mm, 1.5 mm slices, 300 mm long; no image data is needed for planning beyond one tiny readable file per case).
@@ -54,10 +57,13 @@ def write_ct_like_dataset(root: str, dataset_id: int = 997, cases: int = 80, see
 
 def plan_rows(dataset_id: int, label: str, trainers, encoders, targets):
     from sam_nnunet.planners import SAMPlanner
+    from sam_nnunet.planners.sam_planner import planned_method
 
     rows = []
     for trainer in trainers:
         for encoder in encoders:
+            if planned_method(trainer, encoder).encoder != encoder:
+                continue  # not an encoder of this trainer's family
             for target in targets:
                 start = time.time()
                 planner = SAMPlanner(dataset_id, gpu_memory_target_in_gb=target, plans_name="nnUNetSAMPlans_report",

@@ -36,3 +36,20 @@ class DictOutputNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict:
         return {"logits": self.head(x), "aux": x.mean()}
+
+
+class ValueReadingInitNet(FrozenStemNet):
+    """FrozenStemNet whose constructor reads a tensor's value (as SAM 2's Hiera does with ``.item()`` on its
+    drop-path schedule), which fake tensors cannot answer, and keeps a plain tensor attribute.
+
+    Arguments: as FrozenStemNet.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, width: int = 32, train_stem: bool = False,
+                 deep_supervision: bool = False) -> None:
+        super().__init__(input_channels, num_classes, width, train_stem, deep_supervision)
+        self.scale = torch.linspace(0, 2, 3)[1].item()  # 1.0
+        self.offset = torch.zeros(1)  # not a buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale + self.offset

@@ -1,7 +1,12 @@
 """``sam-nnunet plan_and_preprocess -pl SAMPlanner`` on the shared CLI dataset (MSD hippocampus cases converted with
 nnUNetv2_convert_MSD_dataset; a generated dataset without ../shared/data), then every SAM trainer trains on the
-plans through the stock ``nnUNetv2_train -p nnUNetSAMPlans``: SAMAdapterTrainer on 3d_fullres, SAM3DMedTrainer on
-its own configuration 3d_fullres_SAM3DMedTrainer."""
+plans through the stock ``nnUNetv2_train -p nnUNetSAMPlans``: SAMAdapterTrainer on 3d_fullres, every other trainer
+on its own configuration 3d_fullres_<Trainer>. Tiny random-weight encoders (vit_test, sam2_test), one epoch of one
+iteration each (nnU-Net's final validation included).
+
+Recipe-only variants (a subclass of a trainer that keeps its network class, e.g. SAM2_3dMedTrainer_noAux: other loss
+weights) are planned and checked against their method's configuration but not trained again: their command line,
+network and step are their method's, and a SAM 2 run costs minutes on a CPU."""
 import json
 import os
 
@@ -9,47 +14,92 @@ import pytest
 import torch
 from helpers import run_cli as run
 
-from sam_nnunet.planners.sam_planner import planned_method
+from sam_nnunet.planners.plan_and_preprocess import default_trainers
+from sam_nnunet.planners.sam_planner import planned_method, variant_configuration_name
+
+ENCODERS = ["vit_test", "sam2_test"]  # each trainer is sized with (and trains) the one of its family
+TRAINERS = default_trainers()
+
+
+def recipe_variant_of(trainer: str):
+    """The trainer whose network class ``trainer`` keeps, if it derives from one; else None."""
+    from sam_nnunet.info import trainer_classes
+
+    classes = trainer_classes()
+    cls = classes[trainer]
+    return next((name for name, other in classes.items() if other is not cls and issubclass(cls, other)
+                 and other.network_class == cls.network_class), None)
+
+
+TRAINED = [t for t in TRAINERS if recipe_variant_of(t) is None]
+
+
+def configuration_of(trainer: str) -> str:
+    return "3d_fullres" if trainer == TRAINERS[0] else variant_configuration_name(trainer)
+
+
+@pytest.fixture(scope="module")
+def sam_plans(cli_dataset):
+    env, dataset_id = cli_dataset["env"], cli_dataset["dataset_id"]
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(cli_dataset["raw"]))
+    default_plans = open(os.path.join(preprocessed, "nnUNetPlans.json"), "rb").read()
+    proc = run(["sam-nnunet", "plan_and_preprocess", "-d", dataset_id, "-pl", "SAMPlanner", "-encoder", *ENCODERS,
+                "-np", 2, "-npfp", 2], env)
+    plans = json.load(open(os.path.join(preprocessed, "nnUNetSAMPlans.json")))
+    return {"plans": plans, "stdout": proc.stdout, "preprocessed": preprocessed, "default_plans": default_plans}
 
 
 @pytest.mark.slow
-def test_plan_with_samplanner_then_train_every_trainer_with_nnunet_cli(cli_dataset, cli_env):
-    dataset_id, name = cli_dataset["dataset_id"], os.path.basename(cli_dataset["raw"])
-    env = dict(cli_env, nnUNet_SAM_encoder="vit_test")  # plans and training size the same encoder
-    default_plans_file = os.path.join(env["nnUNet_preprocessed"], name, "nnUNetPlans.json")
-    default_plans = open(default_plans_file, "rb").read()
-    proc = run(["sam-nnunet", "plan_and_preprocess", "-d", dataset_id, "-pl", "SAMPlanner", "-np", 2, "-npfp", 2], env)
-    assert f"nnUNetv2_train {dataset_id} 3d_fullres FOLD -tr SAMAdapterTrainer -p nnUNetSAMPlans" in proc.stdout
-    assert open(default_plans_file, "rb").read() == default_plans  # nnU-Net's own plans are left as they were
-
-    preprocessed = os.path.join(env["nnUNet_preprocessed"], name)
-    plans = json.load(open(os.path.join(preprocessed, "nnUNetSAMPlans.json")))
+def test_samplanner_sizes_a_configuration_for_every_trainer(cli_dataset, sam_plans):
+    plans, preprocessed = sam_plans["plans"], sam_plans["preprocessed"]
+    # nnU-Net's own plans are left as they were
+    assert open(os.path.join(preprocessed, "nnUNetPlans.json"), "rb").read() == sam_plans["default_plans"]
     assert plans["experiment_planner_used"] == "SAMPlanner"
-    configurations = {"SAMAdapterTrainer": "3d_fullres", "SAM3DMedTrainer": "3d_fullres_SAM3DMedTrainer"}
-    for trainer, configuration in configurations.items():
+    assert "sam_planner_skipped" not in plans  # no trainer left out
+    assert TRAINERS[0] == "SAMAdapterTrainer" and {"ZAP25DSAMTrainer", "SAM2_3dMedTrainer"} <= set(TRAINERS)
+    for trainer in TRAINERS:
+        configuration = configuration_of(trainer)
+        assert f"nnUNetv2_train {cli_dataset['dataset_id']} {configuration} FOLD -tr {trainer} -p nnUNetSAMPlans" \
+            in sam_plans["stdout"]
         cfg = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
         record = cfg["sam_planner"]
-        assert (record["trainer"], record["encoder"]) == (trainer, "vit_test")
+        method = planned_method(trainer, ENCODERS)
+        assert (record["trainer"], record["encoder"]) == (trainer, method.encoder)
         assert record["estimated_memory_gb"] <= record["memory_target_gb"] == 8
-        grid = planned_method(trainer, "vit_test").grid(cfg["architecture"]["arch_kwargs"])
-        assert all(grid.fits(a, p) for a, p in enumerate(cfg["patch_size"]))
+        assert cfg["architecture"]["network_class_name"] == method.network_class
+        assert method.grid(cfg["architecture"]["arch_kwargs"]).fits_patch(cfg["patch_size"]), (trainer, cfg)
+    # SAM 2's frames are square: the planned in-plane axes are equal
+    sam2 = plans["configurations"][configuration_of("SAM2_3dMedTrainer")]
+    assert sam2["patch_size"][1] == sam2["patch_size"][2]
+    # a recipe variant is sized like its method (the same network, arguments and memory)
+    for trainer in set(TRAINERS) - set(TRAINED):
+        variant, method = (plans["configurations"][configuration_of(t)] for t in (trainer, recipe_variant_of(trainer)))
+        assert (variant["patch_size"], variant["batch_size"]) == (method["patch_size"], method["batch_size"])
+        assert variant["architecture"] == method["architecture"]
+    assert "SAM2_3dMedTrainer_noAux" in TRAINERS and "SAM2_3dMedTrainer_noAux" not in TRAINED
     fullres = plans["configurations"]["3d_fullres"]
     assert fullres["spacing"] == [1.0, 1.0, 1.0]  # nnU-Net's median spacing of this data
     data = os.path.join(preprocessed, fullres["data_identifier"])
     assert len([f for f in os.listdir(data) if f.endswith(".pkl")]) == 10
 
-    train_env = dict(env, nnUNet_SAM_allow_random_init="1", nnUNet_SAM_num_epochs="1",
-                     nnUNet_SAM_iterations_per_epoch="2", nnUNet_n_proc_DA="0")
-    for trainer, configuration in configurations.items():
-        run(["nnUNetv2_train", dataset_id, configuration, 0, "-tr", trainer, "-p", "nnUNetSAMPlans", "-device", "cpu"],
-            train_env)
-        model = os.path.join(env["nnUNet_results"], name, f"{trainer}__nnUNetSAMPlans__{configuration}")
-        checkpoint = torch.load(os.path.join(model, "fold_0", "checkpoint_final.pth"), map_location="cpu",
-                                weights_only=False)
-        assert checkpoint["current_epoch"] == 1 and checkpoint["trainer_name"] == trainer
-        planned = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
-        trained = json.load(open(os.path.join(model, "plans.json")))["configurations"][configuration]
-        assert trained["patch_size"] == planned["patch_size"] and trained["batch_size"] == planned["batch_size"]
-        # the trainer kept the planned geometry (SAM3DMed: the token stride the planner chose)
-        assert trained["architecture"]["arch_kwargs"] == planned["architecture"]["arch_kwargs"]
-        assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", TRAINED)
+def test_every_trainer_trains_on_the_sam_plans_with_nnunet_cli(cli_dataset, cli_env, sam_plans, trainer):
+    plans, configuration = sam_plans["plans"], configuration_of(trainer)
+    name = os.path.basename(cli_dataset["raw"])
+    planned = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
+    env = dict(cli_env, nnUNet_SAM_encoder=planned["sam_planner"]["encoder"], nnUNet_SAM_allow_random_init="1",
+               nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="1", nnUNet_n_proc_DA="0")
+    run(["nnUNetv2_train", cli_dataset["dataset_id"], configuration, 0, "-tr", trainer, "-p", "nnUNetSAMPlans",
+         "-device", "cpu"], env)
+    model = os.path.join(env["nnUNet_results"], name, f"{trainer}__nnUNetSAMPlans__{configuration}")
+    checkpoint = torch.load(os.path.join(model, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["current_epoch"] == 1 and checkpoint["trainer_name"] == trainer
+    trained = json.load(open(os.path.join(model, "plans.json")))["configurations"][configuration]
+    assert trained["patch_size"] == planned["patch_size"] and trained["batch_size"] == planned["batch_size"]
+    # the trainer kept the planned network: its arguments (SAM3DMed: the token stride the planner chose; ZAP, SAM 2:
+    # what they derive from the labels) are the ones the memory estimate was traced with
+    assert trained["architecture"]["arch_kwargs"] == planned["architecture"]["arch_kwargs"]
+    assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))

@@ -13,9 +13,10 @@ def slice_position_loss(predictions: torch.Tensor) -> torch.Tensor:
     """MSE between predicted (B, D, D) relative positions and the truth, over the pairs of distinct slices (the
     patch's slices are consecutive, so the truth follows from D alone)."""
     d = predictions.shape[-1]
-    target = relative_slice_positions(d, predictions.device)
-    off_diagonal = ~torch.eye(d, dtype=torch.bool, device=predictions.device)
     if d < 2:
         return predictions.sum() * 0
-    pred = predictions.float()[:, off_diagonal]
-    return F.mse_loss(pred, target[off_diagonal].expand_as(pred))
+    target = relative_slice_positions(d, predictions.device)
+    # a weighted mean rather than boolean indexing: no data-dependent shapes (torch.compile, the planner's trace)
+    off_diagonal = 1 - torch.eye(d, device=predictions.device)
+    squared = F.mse_loss(predictions.float(), target.expand_as(predictions), reduction="none")
+    return (squared * off_diagonal).sum() / (predictions.shape[0] * d * (d - 1))

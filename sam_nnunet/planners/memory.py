@@ -92,6 +92,8 @@ class TrainingSetup:
       batch_dice: the configuration's ``batch_dice`` (loss only; no effect on memory worth noting).
       deep_supervision_scales: the trainer's deep-supervision scales (finest first, nnU-Net's format), or None for
         a trainer that trains without deep supervision (SAMTrainerBase's default).
+      trainer: class name of the trainer whose loss the step uses (its own ``_build_loss``: e.g. SAM2_3dMedTrainer's
+        segmentation + auxiliary losses on the network's dict output), or None for nnU-Net's loss.
     """
     network_class: str
     arch_kwargs: Dict
@@ -100,6 +102,7 @@ class TrainingSetup:
     regions_class_order: Optional[List[int]] = None
     batch_dice: bool = False
     deep_supervision_scales: Optional[List[List[float]]] = None
+    trainer: Optional[str] = None
 
     def label_manager(self):
         from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -113,16 +116,26 @@ class TrainingSetup:
                                       deep_supervision=self.deep_supervision_scales is not None)
 
     def build_loss(self) -> nn.Module:
-        """nnU-Net's own loss for these labels (``nnUNetTrainer._build_loss``: Dice+CE, or Dice+BCE for regions;
-        wrapped for deep supervision)."""
+        """The loss the trainer trains with, built by its own ``_build_loss`` (nnU-Net's: Dice+CE, or Dice+BCE for
+        regions, wrapped for deep supervision; a method may wrap or replace it).
+
+        The trainer is not constructed (that needs plans, a dataset and a device): ``_build_loss`` runs on a bare
+        instance holding what nnU-Net's ``_build_loss`` reads."""
         from types import SimpleNamespace
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-        trainer_state = SimpleNamespace(
+        if self.trainer is None:
+            cls = nnUNetTrainer
+        else:
+            from sam_nnunet.info import get_trainer_class
+            cls = get_trainer_class(self.trainer)
+        trainer_state = cls.__new__(cls)
+        vars(trainer_state).update(
             label_manager=self.label_manager(), configuration_manager=SimpleNamespace(batch_dice=self.batch_dice),
             is_ddp=False, enable_deep_supervision=self.deep_supervision_scales is not None,
-            _do_i_compile=lambda: False, _get_deep_supervision_scales=lambda: self.deep_supervision_scales)
-        return nnUNetTrainer._build_loss(trainer_state)
+            _do_i_compile=lambda: False, _get_deep_supervision_scales=lambda: self.deep_supervision_scales,
+            print_to_log_file=lambda *args, **kwargs: None)
+        return cls._build_loss(trainer_state)
 
     @staticmethod
     def build_optimizer(network: nn.Module) -> torch.optim.Optimizer:
@@ -180,12 +193,22 @@ class TrainingMemoryEstimator:
     """
 
     def __init__(self, setup: TrainingSetup) -> None:
-        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
+                                                   FakeTensorMode)
 
         self.setup = setup
         self._fake = FakeTensorMode()
+        try:
+            with self._fake:
+                self.network = setup.build_network()
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            # a constructor that reads tensor values (SAM 2's Hiera: ``.item()`` on its drop-path schedule) cannot
+            # run on fake tensors: build it for real, then swap every parameter and buffer for a fake copy (real
+            # memory of the parameters only while building). Tensors the network keeps as plain attributes (SAM 2's
+            # rotary tables) stay real: the mode converts them where an operation uses them.
+            self._fake = FakeTensorMode(allow_non_fake_inputs=True)
+            self.network = _to_fake(setup.build_network(), self._fake)
         with self._fake:
-            self.network = setup.build_network()
             self.loss = setup.build_loss()
         self.network.train()
         self._cache: Dict[Tuple[Tuple[int, ...], int], TrainingMemoryEstimate] = {}
@@ -197,11 +220,15 @@ class TrainingMemoryEstimator:
         return self._cache[key]
 
     def predicted_peak_bytes(self, patch_size: Sequence[int], batch_size: int) -> Optional[float]:
-        """The peak predicted from the estimates traced so far as ``a + c * batch * voxels`` (least squares), or None
-        before two different sizes were traced. A starting point for searches only; plans use traced estimates."""
+        """The peak predicted from the estimates traced so far as ``a + c * batch * voxels`` (least squares; after a
+        single trace, the line through it and its persistent memory at zero voxels), or None before any trace. A
+        starting point for searches only; plans use traced estimates."""
         points = [(b * float(np.prod(p)), e.peak_bytes) for (p, b), e in self._cache.items()]
-        if len({x for x, _ in points}) < 2:
+        if not points:
             return None
+        if len({x for x, _ in points}) < 2:
+            e = next(iter(self._cache.values()))
+            points.append((0.0, e.persistent_bytes))
         c, a = np.polyfit(*zip(*points), 1)
         return float(a + c * batch_size * float(np.prod(patch_size)))
 
@@ -226,3 +253,22 @@ class TrainingMemoryEstimator:
             for p in trainable:
                 p.grad = None
         return TrainingMemoryEstimate(patch_size, batch_size, memory.peak, persistent, parameter_bytes)
+
+
+def _to_fake(module: nn.Module, fake_mode) -> nn.Module:
+    """Replace the parameters and buffers of a real module by fake tensors of ``fake_mode`` (same shapes, dtypes,
+    devices, ``requires_grad``); the real ones are freed with the caller's references."""
+    done: Dict[int, torch.Tensor] = {}  # shared (tied) tensors stay shared
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    if id(p) not in done:
+                        done[id(p)] = nn.Parameter(fake_mode.from_tensor(p), requires_grad=p.requires_grad)
+                    m._parameters[name] = done[id(p)]
+            for name, b in m._buffers.items():
+                if b is not None:
+                    if id(b) not in done:
+                        done[id(b)] = fake_mode.from_tensor(b)
+                    m._buffers[name] = done[id(b)]
+    return module

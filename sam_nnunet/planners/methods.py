@@ -11,7 +11,7 @@ A new method registers one profile here (``register_method_profile``); a trainer
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from sam_nnunet.blocks.attention3d import window_layout
 
@@ -27,12 +27,20 @@ class TokenGrid:
       window_split: True if a block's windows are the fewest equal windows of at most its size
         (``blocks.attention3d.window_layout``); False if windows have exactly that size and the grid is padded to a
         multiple (SAM's own 2D window attention).
-      min_tokens: fewest tokens per axis a planned patch may have.
+      min_tokens: fewest tokens per axis a planned patch may have (one number, or one per axis).
+      square: axes the network computes as one square (SAM 2's frames: the in-plane axes, both as long as the
+        longer one); a patch without waste has them equal.
     """
     stride: Tuple[int, int, int]
     windows: Tuple[int, ...] = ()
     window_split: bool = True
-    min_tokens: int = 4
+    min_tokens: Union[int, Tuple[int, int, int]] = 4
+    square: Tuple[int, ...] = ()
+
+    def minimum(self, axis: int) -> int:
+        """Shortest length along ``axis`` a planned patch may have, in voxels."""
+        tokens = self.min_tokens if isinstance(self.min_tokens, int) else self.min_tokens[axis]
+        return tokens * self.stride[axis]
 
     def computed_tokens(self, axis: int, length: int) -> int:
         """Tokens the network computes along ``axis`` for a patch ``length`` voxels long (padding included)."""
@@ -43,21 +51,32 @@ class TokenGrid:
 
     def fits(self, axis: int, length: int) -> bool:
         """True if the patch length is a whole number of tokens that fill their windows exactly."""
-        return length % self.stride[axis] == 0 and length // self.stride[axis] >= self.min_tokens and \
+        return length % self.stride[axis] == 0 and length >= self.minimum(axis) and \
             self.computed_tokens(axis, length) == length // self.stride[axis]
 
+    def fits_patch(self, patch: Sequence[int]) -> bool:
+        """True if every axis fits and the square axes are equal."""
+        return all(self.fits(a, p) for a, p in enumerate(patch)) and len({patch[a] for a in self.square}) <= 1
+
+    def axes_of(self, axis: int) -> Tuple[int, ...]:
+        """The axes that change together with ``axis`` (its square, or itself)."""
+        return tuple(self.square) if axis in self.square else (axis,)
+
     def round_up(self, axis: int, length: int) -> int:
-        """The smallest fitting length >= ``length``."""
-        length = max(int(length), self.min_tokens * self.stride[axis])
-        while not self.fits(axis, length):
+        """The smallest fitting length >= ``length`` (for every axis of ``axes_of(axis)``)."""
+        axes = self.axes_of(axis)
+        length = max([math.ceil(length)] + [self.minimum(a) for a in axes])
+        while not all(self.fits(a, length) for a in axes):
             length += 1
         return length
 
     def next_smaller(self, axis: int, length: int) -> Optional[int]:
-        """The largest fitting length < ``length``, or None below the minimum."""
+        """The largest fitting length < ``length`` (for every axis of ``axes_of(axis)``), or None below the
+        minimum."""
+        axes = self.axes_of(axis)
         length -= 1
-        while length >= self.min_tokens * self.stride[axis]:
-            if self.fits(axis, length):
+        while length >= max(self.minimum(a) for a in axes):
+            if all(self.fits(a, length) for a in axes):
                 return length
             length -= 1
         return None
@@ -67,7 +86,11 @@ class TokenGrid:
         if self.windows:
             how = "equal windows of at most" if self.window_split else "windows of"
             text += f", {how} {' / '.join(f'{w}^3' for w in self.windows)} tokens"
-        return text + f", at least {self.min_tokens} tokens per axis"
+        if self.square:
+            text += f", axes {' and '.join(map(str, self.square))} equal (square frames)"
+        if isinstance(self.min_tokens, int):
+            return text + f", at least {self.min_tokens} tokens per axis"
+        return text + f", at least {'x'.join(map(str, self.min_tokens))} tokens"
 
 
 @dataclass(frozen=True)
@@ -82,13 +105,17 @@ class MethodProfile:
         into the plans' ``arch_kwargs``; the trainer keeps them), or None.
       deep_supervision_scales: function of the arch kwargs returning the trainer's deep-supervision scales (finest
         first), or None for a trainer without deep supervision.
-      default_encoder: encoder sized when the user names none (None: the trainer's family default).
+      default_encoder: encoder sized when the user names none (None: the trainer's ``default_encoder``, else the
+        family default).
+      label_kwargs: function of ``has_regions`` (nnU-Net region-based training) returning the network arguments
+        the trainer derives from the labels (it writes them into the plans it saves), or None.
     """
     trainer: str
     grid: Callable[[Dict], TokenGrid]
     arch_kwargs: Optional[Callable[[Sequence[float]], Dict]] = None
     deep_supervision_scales: Optional[Callable[[Dict], List[List[float]]]] = None
     default_encoder: Optional[str] = None
+    label_kwargs: Optional[Callable[[bool], Dict]] = None
 
 
 METHOD_PROFILES: Dict[str, MethodProfile] = {}
@@ -103,6 +130,26 @@ def register_method_profile(profile: MethodProfile) -> None:
 
 def get_method_profile(trainer: str) -> Optional[MethodProfile]:
     return METHOD_PROFILES.get(trainer)
+
+
+def profile_of_trainer_class(cls: type) -> Optional[MethodProfile]:
+    """The profile of a trainer class, or of its nearest base class with one whose network it keeps (the same
+    network class or a subclass: SAM2_3dMedTrainer_noAux, a prompted variant of a network): a variant trainer
+    inherits its method's token grid."""
+    import pydoc
+
+    network = pydoc.locate(cls.network_class) if getattr(cls, "network_class", "") else None
+    for base in cls.__mro__:
+        profile = METHOD_PROFILES.get(base.__name__)
+        if profile is None:
+            continue
+        if base is cls:
+            return profile
+        base_network = pydoc.locate(base.network_class) if getattr(base, "network_class", "") else None
+        if isinstance(network, type) and isinstance(base_network, type) and issubclass(network, base_network):
+            return profile
+        return None
+    return None
 
 
 # ---- SAMAdapterTrainer (3DSAM-adapter) -----------------------------------------------------------------------------
@@ -144,3 +191,36 @@ def _sam3dmed_scales(kwargs: Dict) -> List[List[float]]:
 
 
 register_method_profile(MethodProfile("SAM3DMedTrainer", _sam3dmed_grid, _sam3dmed_level_strides, _sam3dmed_scales))
+
+
+# ---- ZAP25DSAMTrainer (ZAP-2.5DSAM) --------------------------------------------------------------------------------
+def _zap25d_grid(kwargs: Dict) -> TokenGrid:
+    # every axis is the slice axis of one orientation: it is cut into pseudo-slices of `pool` slices (padded to a
+    # multiple: a length of 4k+1 pays a whole encoder pass for one slice) and, in the other two orientations, lies
+    # in-plane, where a token is pool voxels too (SAM ViT: x4 upsampling, 16-pixel patches; LiteMedSAM: one voxel).
+    # Not imposed: the windows of the frozen encoder (SAM ViT: 16 tokens = 64 voxels; TinyViT: 7 / 14 tokens), which
+    # pad the in-plane token grid in the windowed blocks' attention only; forcing 64-voxel lengths would pad small
+    # images far more. The memory trace runs that padding like any other operation.
+    pool = int(kwargs.get("pool", 4))
+    return TokenGrid(stride=(pool,) * 3, min_tokens=4)
+
+
+register_method_profile(MethodProfile(
+    "ZAP25DSAMTrainer", _zap25d_grid, label_kwargs=lambda has_regions: {"background_channel": not has_regions}))
+
+
+# ---- SAM2_3dMedTrainer (SAM2-3dMed) --------------------------------------------------------------------------------
+def _sam2_3dmed_grid(kwargs: Dict) -> TokenGrid:
+    # slices along D are SAM 2's frames, any number of them (propagated one by one); at least 8, so that a pass
+    # fills SAM 2's memory bank (the conditioning frame and 6 previous ones). In-plane a slice is upsampled (x4)
+    # and zero-padded to a square frame whose side is a multiple of Hiera's stride 32: waste-free slices are square
+    # with a side that is a multiple of 32 / upsample voxels (8). Not imposed: Hiera's windows at strides 16 and 32
+    # (14 and 7 tokens: 224 pixels), which pad only those stages' windowed attention.
+    from sam_nnunet.blocks.frames import HIERA_STRIDE
+
+    side = max(1, round(HIERA_STRIDE / float(kwargs.get("upsample", 4))))
+    return TokenGrid(stride=(1, side, side), min_tokens=(8, 4, 4), square=(1, 2))
+
+
+register_method_profile(MethodProfile(
+    "SAM2_3dMedTrainer", _sam2_3dmed_grid, label_kwargs=lambda has_regions: {"regions": bool(has_regions)}))

@@ -6,7 +6,7 @@ object: ``extract_fingerprints`` (nnU-Net's extractor), ``plan_experiment_datase
 (nnU-Net's preprocessor, reading the plans just written).
 """
 import functools
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from sam_nnunet.errors import UserFacingExit
 
@@ -42,7 +42,7 @@ def default_trainers() -> List[str]:
 
 
 def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "SAMPlanner",
-                        trainers: Optional[Sequence[str]] = None, encoder: Optional[str] = None,
+                        trainers: Optional[Sequence[str]] = None, encoder: Union[None, str, Sequence[str]] = None,
                         gpu_memory_target: Optional[float] = None, configurations: Sequence[str] = ("3d_fullres",),
                         num_processes: Optional[Sequence[int]] = None, num_processes_fingerprint: int = 8,
                         verify_dataset_integrity: bool = False, clean: bool = False, no_preprocessing: bool = False,

@@ -28,7 +28,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from sam_nnunet.planners.memory import TrainingMemoryEstimate, TrainingMemoryEstimator, TrainingSetup
-from sam_nnunet.planners.methods import UNALIGNED_GRID, MethodProfile, TokenGrid, get_method_profile
+from sam_nnunet.planners.methods import UNALIGNED_GRID, MethodProfile, TokenGrid, profile_of_trainer_class
 
 DEFAULT_PLANS_NAME = "nnUNetSAMPlans"
 DEFAULT_TRAINER = "SAMAdapterTrainer"
@@ -45,9 +45,10 @@ def variant_configuration_name(trainer: str, base: str = "3d_fullres") -> str:
     return f"{base}_{trainer}"
 
 
-def resolve_encoder(trainer_class: type, requested: Optional[str] = None) -> str:
-    """The encoder a trainer is sized with: ``requested`` (or what nnUNet_SAM_encoder / nnUNet_SAM_checkpoint name,
-    as training will use) when the trainer adapts its family; otherwise the trainer's default encoder."""
+def resolve_encoder(trainer_class: type, requested: Union[None, str, Sequence[str]] = None) -> str:
+    """The encoder a trainer is sized with: the first of ``requested`` (or what nnUNet_SAM_encoder /
+    nnUNet_SAM_checkpoint name, as training will use) that the trainer adapts; otherwise the trainer's default
+    encoder (as it trains without nnUNet_SAM_encoder / nnUNet_SAM_checkpoint)."""
     from sam_nnunet import settings
     from sam_nnunet.encoders.checkpoint import read_state_dict
     from sam_nnunet.encoders.pretrained import DEFAULT_ENCODER
@@ -59,11 +60,14 @@ def resolve_encoder(trainer_class: type, requested: Optional[str] = None) -> str
     if requested is None and settings.get_str(settings.CHECKPOINT):
         path = settings.get_str(settings.CHECKPOINT)
         requested = identify_checkpoint(read_state_dict(path), path).name
-    if requested is not None and get_encoder(requested).family in families:
-        return requested
-    profile = get_method_profile(trainer_class.__name__)
+    for name in [requested] if isinstance(requested, str) else requested or ():
+        if get_encoder(name).family in families:
+            return name
+    profile = profile_of_trainer_class(trainer_class)
     if profile is not None and profile.default_encoder:
         return profile.default_encoder
+    if getattr(trainer_class, "default_encoder", None):
+        return trainer_class.default_encoder
     if DEFAULT_ENCODER in ENCODERS and ENCODERS[DEFAULT_ENCODER].family in families:
         return DEFAULT_ENCODER
     return next(name for name, spec in ENCODERS.items() if spec.family in families)
@@ -78,10 +82,11 @@ class PlannedMethod:
     network_kwargs: Dict  # the encoder and the trainer's network_kwargs
     profile: Optional[MethodProfile]
 
-    def arch_kwargs(self, spacing: Sequence[float]) -> Dict:
-        """The network's arguments for a configuration of this spacing."""
+    def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False) -> Dict:
+        """The network's arguments for a configuration of this spacing (and labels: region-based or not)."""
         extra = self.profile.arch_kwargs(spacing) if self.profile and self.profile.arch_kwargs else {}
-        return {**self.network_kwargs, **extra}
+        labels = self.profile.label_kwargs(has_regions) if self.profile and self.profile.label_kwargs else {}
+        return {**self.network_kwargs, **labels, **extra}
 
     def grid(self, arch_kwargs: Dict) -> TokenGrid:
         return self.profile.grid(arch_kwargs) if self.profile else UNALIGNED_GRID
@@ -95,10 +100,10 @@ class PlannedMethod:
                        regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
         """What one training step of this method needs, for the memory estimate (and its measurement)."""
         return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
-                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs))
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer)
 
 
-def planned_method(trainer: str, encoder: Optional[str] = None) -> PlannedMethod:
+def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None) -> PlannedMethod:
     """A sam-nnunet trainer as the planner sizes it (encoder as ``resolve_encoder`` decides)."""
     from sam_nnunet.info import get_trainer_class
 
@@ -108,7 +113,7 @@ def planned_method(trainer: str, encoder: Optional[str] = None) -> PlannedMethod
         raise PlanningError(str(e)) from None
     chosen = resolve_encoder(cls, encoder)
     return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
-                         get_method_profile(trainer))
+                         profile_of_trainer_class(cls))
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,9 @@ class SAMPlanner(ExperimentPlanner):
         default of 8 is kept. Leave room for the CUDA context and allocator overhead (about 1-2 GB).
       plans_name: default ``nnUNetSAMPlans``.
       trainers: trainer class names to size for; the first one defines ``3d_fullres``.
-      encoder: encoder to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint as training reads them,
-        else each trainer's default); applies to the trainers that adapt its family.
+      encoder: encoder(s) to size with (default: nnUNet_SAM_encoder / nnUNet_SAM_checkpoint as training reads them,
+        else each trainer's default); each trainer takes the first one of a family it adapts, e.g.
+        ``["vit_b", "sam2.1_hiera_b+"]``.
       skip_failing_trainers: a further trainer (not the first) that cannot be planned gets no configuration (the
         reason is in ``skipped``) instead of failing the planning.
     """
@@ -139,7 +145,7 @@ class SAMPlanner(ExperimentPlanner):
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = DEFAULT_PLANS_NAME,
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
                  suppress_transpose: bool = False, trainers: Sequence[str] = (DEFAULT_TRAINER,),
-                 encoder: Optional[str] = None, skip_failing_trainers: bool = False):
+                 encoder: Union[None, str, Sequence[str]] = None, skip_failing_trainers: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
         if not trainers:
@@ -147,23 +153,34 @@ class SAMPlanner(ExperimentPlanner):
         if gpu_memory_target_in_gb <= 0:
             raise PlanningError(f"the memory target must be positive, got {gpu_memory_target_in_gb} GB")
         self.methods = [planned_method(t, encoder) for t in dict.fromkeys(trainers)]
-        if encoder is not None and all(m.encoder != encoder for m in self.methods):
-            raise PlanningError(f"-encoder {encoder} fits none of the trainers planned for "
-                                f"({', '.join(m.trainer for m in self.methods)}): `sam-nnunet info` lists which "
-                                f"encoders each trainer adapts")
+        for name in [encoder] if isinstance(encoder, str) else encoder or ():
+            if all(m.encoder != name for m in self.methods):
+                raise PlanningError(f"-encoder {name} fits none of the trainers planned for "
+                                    f"({', '.join(m.trainer for m in self.methods)}): `sam-nnunet info` lists which "
+                                    f"encoders each trainer adapts")
         self.skip_failing_trainers = skip_failing_trainers
         self.skipped: Dict[str, str] = {}  # trainer -> why it got no configuration
         self._estimators: Dict[str, TrainingMemoryEstimator] = {}
         self._variants: Dict[str, Dict[str, dict]] = {}  # data identifier -> {trainer: configuration fields}
 
     # ---- methods and their networks ------------------------------------------------------------------------
+    def label_manager(self):
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+        return LabelManager(self.dataset_json["labels"], self.dataset_json.get("regions_class_order"))
+
     def training_setup(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingSetup:
         channels = self.dataset_json.get("channel_names", self.dataset_json.get("modality"))
         return method.training_setup(arch_kwargs, len(channels), self.dataset_json["labels"],
                                      self.dataset_json.get("regions_class_order"))
 
     def estimator(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingMemoryEstimator:
-        key = method.trainer + json.dumps(arch_kwargs, sort_keys=True)
+        from sam_nnunet.info import get_trainer_class
+
+        # trainers with the same network, arguments and loss builder share their traces (SAM2_3dMedTrainer_noAux:
+        # SAM2_3dMedTrainer's loss with the auxiliary weights at 0, which computes the same terms)
+        loss_builder = get_trainer_class(method.trainer)._build_loss
+        key = json.dumps([method.network_class, arch_kwargs, loss_builder.__module__, loss_builder.__qualname__],
+                         sort_keys=True)
         if key not in self._estimators:
             self._estimators[key] = TrainingMemoryEstimator(self.training_setup(method, arch_kwargs))
         return self._estimators[key]
@@ -175,10 +192,15 @@ class SAMPlanner(ExperimentPlanner):
 
     @staticmethod
     def patch_candidates(grid: TokenGrid, spacing: Sequence[float], median_shape: Sequence[float]) -> List[Tuple]:
-        """Waste-free patches from nnU-Net's starting patch down to the grid's minimum, largest first."""
+        """Waste-free patches from nnU-Net's starting patch down to the grid's minimum, largest first. Square axes
+        (``TokenGrid.square``) start at the longest of them and shrink together."""
         inverse = 1 / np.array(spacing, dtype=float)
         initial = [round(i) for i in inverse * (256 ** 3 / np.prod(inverse)) ** (1 / 3)]
         initial = [min(i, j) for i, j in zip(initial, median_shape)]
+        for axes in {grid.axes_of(a) for a in range(3)}:
+            longest = max(initial[a] for a in axes)
+            for a in axes:
+                initial[a] = longest
         patch = [grid.round_up(axis, length) for axis, length in enumerate(initial)]
         candidates = [tuple(patch)]
         while True:
@@ -187,7 +209,8 @@ class SAMPlanner(ExperimentPlanner):
             for axis in order:
                 smaller = grid.next_smaller(int(axis), patch[axis])
                 if smaller is not None:
-                    patch[axis] = smaller
+                    for a in grid.axes_of(int(axis)):
+                        patch[a] = smaller
                     break
             else:
                 return candidates
@@ -195,7 +218,7 @@ class SAMPlanner(ExperimentPlanner):
 
     def size_configuration(self, method: PlannedMethod, spacing: Sequence[float], median_shape: Sequence[float],
                            approximate_n_voxels_dataset: float) -> Sizing:
-        arch_kwargs = method.arch_kwargs(spacing)
+        arch_kwargs = method.arch_kwargs(spacing, self.label_manager().has_regions)
         grid = method.grid(arch_kwargs)
         estimator = _traced(method, self.estimator, method, arch_kwargs)
         estimate = lambda patch, bs: _traced(method, estimator, patch, bs)
