@@ -3,6 +3,8 @@ ZAP25DSAMTrainer_prompted (automatic and with simulated clicks) (+ a trainer tha
 dataset with a tiny budget (slow)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,3 +156,19 @@ def test_the_recorded_command_reproduces_the_settings():
     s.clicks = [1, 3, 10]  # the default is not repeated
     assert "--clicks" not in command_line(s) and build_parser().parse_args(shlex.split(command_line(s))[1:]).clicks \
         is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the inherited peak is a Linux behaviour")
+def test_worker_peak_memory_is_its_own_not_the_launching_process():
+    # a launching process larger than the worker will ever be: ru_maxrss would report the parent's peak in the child
+    import numpy as np
+    from sam_nnunet.evaluation.benchmark_worker import peak_rss_bytes
+
+    ballast = np.ones(1024 ** 3 // 8 * 2, dtype=np.float64)  # 2 GiB, touched
+    parent_peak = peak_rss_bytes()
+    out = subprocess.run([sys.executable, "-c", "from sam_nnunet.evaluation.benchmark_worker import peak_rss_bytes; "
+                          "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
+    del ballast
+    child_peak = int(out.stdout.strip().splitlines()[-1])
+    assert parent_peak > 2 * 1024 ** 3
+    assert 0 < child_peak < parent_peak - 1024 ** 3

@@ -11,7 +11,7 @@ What is measured, and how:
   around each call; the first iteration is left out as warm-up. ``wall`` per iteration also counts waiting for
   data augmentation (time between consecutive steps). nnU-Net's own epoch timestamps are kept too.
 - peak memory of training: CUDA ``torch.cuda.max_memory_allocated`` over ``run_training``; CPU: the peak resident
-  set size of this process (``ru_maxrss``) when training ends. Data-augmentation worker processes
+  set size of this process (Linux: ``VmHWM``, elsewhere ``ru_maxrss``) when training ends. Data-augmentation worker processes
   (nnUNet_n_proc_DA) are not included; they run the same code for every trainer.
 - prediction time per case: ``predict_single_npy_array`` on the image already read: nnU-Net preprocessing,
   sliding-window inference (with test-time mirroring unless disabled), resampling, export of the segmentation.
@@ -68,7 +68,17 @@ def parameter_counts(network: torch.nn.Module) -> Dict[str, int]:
 
 
 def peak_rss_bytes() -> int:
-    # Linux reports ru_maxrss in KiB, macOS in bytes
+    # Linux: VmHWM, the peak of this process's own address space. Not ru_maxrss: Linux carries the launching
+    # process's peak over through fork + exec, so a worker started by a large process (a 1.8 GB pytest run) would
+    # report at least that parent's size.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # elsewhere ru_maxrss: macOS reports it in bytes, other systems in KiB
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(value if sys.platform == "darwin" else value * 1024)
 
