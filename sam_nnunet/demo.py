@@ -97,7 +97,7 @@ def run(cmd: List[str], env: Optional[Dict[str, str]] = None) -> None:
 
 
 def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMAdapterTrainer",
-             epochs: int = 2, iterations: int = 10, fold: int = 0) -> str:
+             epochs: int = 6, iterations: int = 25, fold: int = 0) -> str:
     """Generate (or convert) a dataset, plan and preprocess, train one fold, predict the test images, evaluate.
 
     Every step is the stock nnU-Net command line. Uses nnUNet_SAM_checkpoint when the user set one; otherwise the

@@ -9,6 +9,9 @@
 #   EPOCHS, ITERATIONS   training budget per trainer (default 1 x 50 iterations; the same for every trainer)
 #   VAL_CASES            validation cases of fold 0 to predict and score (default 10; "all" for every one)
 #   FOLD                 default 0
+#   BATCH_SIZE           one batch size for every trainer (default: the plans')
+#   VAL_ITERATIONS       nnU-Net's validation iterations per epoch (default: ITERATIONS / 5)
+#   NO_MIRRORING=1       predict without test-time mirroring
 #   TRAINERS             default: nnUNetTrainer and every trainer in sam_nnunet.trainers.__all__
 #   ENCODERS             per-trainer encoders, "Trainer=name ..." (default: vit_b for every SAM trainer)
 #   CHECKPOINTS          per-trainer checkpoints, "Trainer=/path ..." or one path for all; without any, SAM
@@ -44,6 +47,9 @@ TRAINERS=${TRAINERS:-"nnUNetTrainer $SAM_TRAINERS"}
 ARGS=(--epochs "$EPOCHS" --iterations "$ITERATIONS" --fold "$FOLD")
 [ "$VAL_CASES" != "all" ] && ARGS+=(--val-cases "$VAL_CASES")
 [ -n "${DEVICE:-}" ] && ARGS+=(--device "$DEVICE")
+[ -n "${BATCH_SIZE:-}" ] && ARGS+=(--batch-size "$BATCH_SIZE")
+[ -n "${VAL_ITERATIONS:-}" ] && ARGS+=(--val-iterations "$VAL_ITERATIONS")
+[ "${NO_MIRRORING:-0}" = 1 ] && ARGS+=(--no-mirroring)
 # shellcheck disable=SC2206
 ARGS+=(--encoder ${ENCODERS:-vit_b})
 if [ -n "${CHECKPOINTS:-}" ]; then

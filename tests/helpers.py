@@ -18,6 +18,25 @@ def run_cli(cmd, env, expect_ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+COARSE_PLANS = "ZAPTestPlans"
+
+
+def write_coarse_plans(preprocessed: str, name: str = COARSE_PLANS) -> None:
+    """nnU-Net's plans with 3d_fullres at 3 mm, patch 12x20x12, batch 1, under another plans name (as a user would
+    edit plans): LiteMedSAM's encoder costs ~75 GFLOP per 256x256 pseudo-slice on a CPU; a hippocampus case at 3 mm
+    is ~12x17x12 voxels, one tile."""
+    import json
+
+    with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
+        plans = json.load(f)
+    plans["plans_name"] = name
+    plans["configurations"]["3d_fullres"].update(
+        {"spacing": [3.0, 3.0, 3.0], "patch_size": [12, 20, 12], "batch_size": 1,
+         "data_identifier": f"{name}_3d_fullres"})
+    with open(os.path.join(preprocessed, name + ".json"), "w") as f:
+        json.dump(plans, f, indent=2)
+
+
 def write_official_sam_checkpoint(path: str, name: str = "vit_test", seed: int = 0) -> dict:
     """A SAM checkpoint exactly as Meta publishes them: the plain state dict of ``Sam`` (image_encoder.*,
     prompt_encoder.*, mask_decoder.*), random but non-trivial weights. Returns the state dict."""

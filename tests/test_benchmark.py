@@ -1,7 +1,10 @@
-"""sam-nnunet benchmark: settings and messages (fast), and one real run of nnUNetTrainer + SAMAdapterTrainer (+ a
-trainer that does not exist) on the synthetic dataset with a tiny budget (slow)."""
+"""sam-nnunet benchmark: settings and messages (fast), and one real run of nnUNetTrainer + SAMAdapterTrainer +
+ZAP25DSAMTrainer_prompted (automatic and with simulated clicks) (+ a trainer that does not exist) on the synthetic
+dataset with a tiny budget (slow)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,6 +32,9 @@ def test_settings_are_checked(synthetic_dataset):
         BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], encoders={"Other": "vit_b"}).resolve()
     with pytest.raises(ValueError, match="at least 1"):
         BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], iterations=0).resolve()
+    assert s.clicks == [1, 3, 10] and s.click_tiles is None  # the papers' click counts, their tiles
+    with pytest.raises(ValueError, match="--clicks"):
+        BenchmarkSettings(dataset="990", trainers=["nnUNetTrainer"], clicks=[0, 3]).resolve()
 
 
 def test_parameter_counts_of_a_network_without_pretrained_parts():
@@ -46,18 +52,30 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
     doc.write_text(f"# Benchmarks\n\nintro\n\n{DOC_BEGIN}\nold table\n{DOC_END}\n\nafter\n")
     out = tmp_path / "bench"
     with pytest.raises(UserFacingExit, match="NoSuchTrainer failed"):  # the others still run and are reported
-        main(["benchmark", "-d", "990", "-tr", "nnUNetTrainer", "SAMAdapterTrainer", "NoSuchTrainer",
-              "--encoder", "SAMAdapterTrainer=vit_test", "--allow-random-init", "--epochs", "1", "--iterations", "2",
-              "--val-cases", "1", "--no-mirroring", "--threads", "2", "-o", str(out), "--update-doc", str(doc)])
+        main(["benchmark", "-d", "990", "-tr", "nnUNetTrainer", "SAMAdapterTrainer", "ZAP25DSAMTrainer_prompted",
+              "NoSuchTrainer", "--encoder", "vit_test", "--allow-random-init", "--epochs", "1",
+              "--iterations", "2", "--val-cases", "1", "--no-mirroring", "--threads", "2", "--clicks", "1", "3",
+              "-o", str(out), "--update-doc", str(doc)])
     printed = capsys.readouterr().out
     assert "| nnUNetTrainer |" in printed and "| SAMAdapterTrainer | vit_test (RANDOM init)" in printed
+    assert "| Trainer | Tiles | automatic | 1 click | 3 clicks |" in printed
+    assert "| ZAP25DSAMTrainer_prompted | clicked | " in printed
 
     with open(out / "benchmark.json") as f:
         result = json.load(f)
     runs = {r["trainer"]: r for r in result["runs"]}
     assert runs["NoSuchTrainer"]["status"] == "failed" and "NoSuchTrainer" in runs["NoSuchTrainer"]["error"]
-    baseline, sam = runs["nnUNetTrainer"], runs["SAMAdapterTrainer"]
-    assert baseline["status"] == "ok" and sam["status"] == "ok"
+    baseline, sam, prompted = runs["nnUNetTrainer"], runs["SAMAdapterTrainer"], runs["ZAP25DSAMTrainer_prompted"]
+    assert baseline["status"] == "ok" and sam["status"] == "ok" and prompted["status"] == "ok", prompted.get("error")
+    assert not baseline["prompted"] and not sam["prompted"] and "clicks" not in sam and prompted["prompted"]
+    # the prompted trainer: automatic (the common columns) and with 1 and 3 clicks on the same validation case
+    clicks = prompted["clicks"]
+    assert clicks["tiles"] == "clicked" and clicks["cases"] == prompted["prediction"]["cases"]
+    assert set(clicks["counts"]) == {"1", "3"}
+    for n in ("1", "3"):
+        fg = clicks["counts"][n]["foreground_mean"]
+        assert 0 <= fg["Dice"] <= 1 and 0 <= fg["NSD"] <= 1
+        assert os.path.isfile(os.path.join(clicks["output_folder"], f"{n}_clicks", "clicks.json"))
 
     # parameters: the U-Net is all trainable and all added; the SAM network has frozen pretrained parts
     p = baseline["parameters"]
@@ -66,7 +84,7 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
     assert p["total"] == p["trainable"] + p["frozen"] == p["pretrained"] + p["added"]
     assert p["frozen"] > 0 and p["pretrained"] > 0 and sam["encoder"] == "vit_test"
 
-    for run in (baseline, sam):
+    for run in (baseline, sam, prompted):
         assert run["training"]["iterations"] == 2 and len(run["training"]["epoch_seconds"]) == 1
         assert run["training"]["seconds_per_iteration"] > 0
         assert run["memory"]["peak_rss_bytes"] > 100 * 2 ** 20
@@ -88,7 +106,23 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
     assert "old table" not in text and text.startswith("# Benchmarks") and text.rstrip().endswith("after")
     assert "| SAMAdapterTrainer |" in text and "![memory](benchmarks/memory.png)" in text
     assert (tmp_path / "benchmarks" / "time.png").is_file()
-    assert markdown_table(result).count("\n| ") == 4  # header + 3 trainers
+    assert markdown_table(result).count("\n| ") == 5 + 2  # header + 4 trainers; header + 1 prompted trainer
+
+
+def test_click_table_of_prompted_trainers():
+    from sam_nnunet.evaluation.report import click_table
+
+    def run(trainer, dice, clicks=None):
+        return {"trainer": trainer, "status": "ok", "metrics": {"foreground_mean": {"Dice": dice, "NSD": 0.5}},
+                **({"clicks": clicks} if clicks else {})}
+
+    clicks = {"tiles": "centred", "counts": {"1": {"foreground_mean": {"Dice": 0.61234, "NSD": 0.7}},
+                                             "10": {"foreground_mean": {"Dice": float("nan"), "NSD": 0.9}}}}
+    result = {"settings": {"tolerance": 5.0}, "runs": [run("nnUNetTrainer", 0.8), run("P", 0.4, clicks)]}
+    lines = click_table(result)
+    assert "| Trainer | Tiles | automatic | 1 click | 10 clicks |" in lines
+    assert lines[-1] == "| P | centred | 0.4000 / 0.5000 | 0.6123 / 0.7000 | – / 0.9000 |"
+    assert click_table({"settings": {"tolerance": 5.0}, "runs": [run("nnUNetTrainer", 0.8)]}) == []
 
 
 def test_update_doc_needs_markers(tmp_path):
@@ -108,10 +142,33 @@ def test_the_recorded_command_reproduces_the_settings():
     s = BenchmarkSettings(dataset="Dataset004_Hippocampus", trainers=["nnUNetTrainer", "SAMAdapterTrainer"],
                           epochs=2, iterations=7, val_iterations=3, val_cases=4, mirroring=False, device="cpu",
                           threads=2, encoders={"SAMAdapterTrainer": "vit_b"}, checkpoints={"*": "/w/sam b.pth"},
-                          allow_random_init=True, batch_size=2, output_dir="out dir")
+                          allow_random_init=True, batch_size=2, output_dir="out dir", clicks=[1, 3],
+                          click_tiles="all")
     args = build_parser().parse_args(shlex.split(command_line(s, "doc.md"))[1:])
     assert (args.dataset, args.trainers, args.epochs, args.iterations, args.val_iterations, args.val_cases) == (
         "Dataset004_Hippocampus", ["nnUNetTrainer", "SAMAdapterTrainer"], 2, 7, 3, 4)
     assert args.no_mirroring and args.allow_random_init and args.batch_size == 2 and args.output == "out dir"
     assert parse_per_trainer(args.encoder, "") == {"SAMAdapterTrainer": "vit_b"}
     assert parse_per_trainer(args.checkpoint, "") == {"*": "/w/sam b.pth"} and args.update_doc == "doc.md"
+    assert args.clicks == [1, 3] and args.click_tiles == "all"
+    s.clicks, s.click_tiles = [], None  # automatic only
+    assert build_parser().parse_args(shlex.split(command_line(s))[1:]).clicks == []
+    s.clicks = [1, 3, 10]  # the default is not repeated
+    assert "--clicks" not in command_line(s) and build_parser().parse_args(shlex.split(command_line(s))[1:]).clicks \
+        is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the inherited peak is a Linux behaviour")
+def test_worker_peak_memory_is_its_own_not_the_launching_process():
+    # a launching process larger than the worker will ever be: ru_maxrss would report the parent's peak in the child
+    import numpy as np
+    from sam_nnunet.evaluation.benchmark_worker import peak_rss_bytes
+
+    ballast = np.ones(1024 ** 3 // 8 * 2, dtype=np.float64)  # 2 GiB, touched
+    parent_peak = peak_rss_bytes()
+    out = subprocess.run([sys.executable, "-c", "from sam_nnunet.evaluation.benchmark_worker import peak_rss_bytes; "
+                          "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
+    del ballast
+    child_peak = int(out.stdout.strip().splitlines()[-1])
+    assert parent_peak > 2 * 1024 ** 3
+    assert 0 < child_peak < parent_peak - 1024 ** 3

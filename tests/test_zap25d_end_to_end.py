@@ -17,6 +17,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import HIPPOCAMPUS
+from helpers import COARSE_PLANS as PLANS
+from helpers import write_coarse_plans
 
 from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
 from sam_nnunet.encoders.checkpoint import read_state_dict
@@ -25,7 +27,6 @@ from sam_nnunet.nnunet_env import required_environment
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "ZAP25DSAMTrainer"
-PLANS = "ZAPTestPlans"
 
 
 def run(cmd, env):
@@ -35,18 +36,6 @@ def run(cmd, env):
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
     return proc
-
-
-def write_coarse_plans(preprocessed: str) -> None:
-    """nnU-Net's plans with 3d_fullres at 3 mm, patch 12x20x12, batch 1, under another plans name."""
-    with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
-        plans = json.load(f)
-    plans["plans_name"] = PLANS
-    plans["configurations"]["3d_fullres"].update(
-        {"spacing": [3.0, 3.0, 3.0], "patch_size": [12, 20, 12], "batch_size": 1,
-         "data_identifier": f"{PLANS}_3d_fullres"})
-    with open(os.path.join(preprocessed, PLANS + ".json"), "w") as f:
-        json.dump(plans, f, indent=2)
 
 
 @pytest.mark.slow

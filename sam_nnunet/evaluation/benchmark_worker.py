@@ -11,10 +11,13 @@ What is measured, and how:
   around each call; the first iteration is left out as warm-up. ``wall`` per iteration also counts waiting for
   data augmentation (time between consecutive steps). nnU-Net's own epoch timestamps are kept too.
 - peak memory of training: CUDA ``torch.cuda.max_memory_allocated`` over ``run_training``; CPU: the peak resident
-  set size of this process (``ru_maxrss``) when training ends. Data-augmentation worker processes
+  set size of this process (Linux: ``VmHWM``, elsewhere ``ru_maxrss``) when training ends. Data-augmentation worker processes
   (nnUNet_n_proc_DA) are not included; they run the same code for every trainer.
 - prediction time per case: ``predict_single_npy_array`` on the image already read: nnU-Net preprocessing,
   sliding-window inference (with test-time mirroring unless disabled), resampling, export of the segmentation.
+- prompted trainers (``PromptedTrainerMixin``): the automatic row above, then the same validation cases with N
+  simulated clicks per class for each N of ``clicks`` (``evaluate_clicks_on_fold``: clicks drawn from the
+  reference labels, seed 0, the trainer's paper protocol for the tiles unless ``click_tiles``), evaluated alike.
 
 Usage (by the benchmark, not by hand): ``python -m sam_nnunet.evaluation.benchmark_worker SPEC RESULT PROGRESS``.
 """
@@ -65,9 +68,31 @@ def parameter_counts(network: torch.nn.Module) -> Dict[str, int]:
 
 
 def peak_rss_bytes() -> int:
-    # Linux reports ru_maxrss in KiB, macOS in bytes
+    # Linux: VmHWM, the peak of this process's own address space. Not ru_maxrss: Linux carries the launching
+    # process's peak over through fork + exec, so a worker started by a large process (a 1.8 GB pytest run) would
+    # report at least that parent's size.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # elsewhere ru_maxrss: macOS reports it in bytes, other systems in KiB
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(value if sys.platform == "darwin" else value * 1024)
+
+
+def configure_torch(device: torch.device, threads: int) -> None:
+    """What nnUNetv2_train sets before training (nnunetv2.run.run_training): on the CPU all ``threads``; on CUDA one
+    CPU thread and cuDNN autotuning (without it nnU-Net's convolutions run with cuDNN's default algorithms, which is
+    not how nnUNetv2_train trains)."""
+    if device.type == "cuda":
+        torch.set_num_threads(1)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        torch.set_num_threads(threads)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -146,6 +171,7 @@ def train(spec: dict, progress: Progress) -> dict:
         "model_folder": trainer.output_folder_base,
         "validation_keys": list(trainer.do_split()[1]),
         "mirror_axes": list(trainer.inference_allowed_mirroring_axes or []),
+        "prompted": is_prompted(trainer_class),
     }
     del trainer, network
     gc.collect()
@@ -203,16 +229,43 @@ def predict_and_evaluate(spec: dict, trained: dict, progress: Progress) -> dict:
                         "summary_file": summary_file}}
 
 
+def is_prompted(trainer_class: type) -> bool:
+    """Trainers whose network takes clicks: those built with PromptedTrainerMixin."""
+    from sam_nnunet.trainers.prompted import PromptedTrainerMixin
+
+    return issubclass(trainer_class, PromptedTrainerMixin)
+
+
+def evaluate_clicks(spec: dict, trained: dict, keys: List[str], progress: Progress) -> dict:
+    """The validation cases ``keys`` with N simulated clicks per class, for each N of ``spec["clicks"]``."""
+    from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
+
+    counts = list(spec["clicks"])
+    tiles = spec["click_tiles"] or paper_tiles(spec["trainer"])
+    progress("clicks", 0, 1)
+    start = time.perf_counter()
+    results = evaluate_clicks_on_fold(trained["model_folder"], spec["fold"], counts, tiles=tiles, seed=0,
+                                      device=torch.device(spec["device"]), disable_tta=not spec["mirroring"],
+                                      output_folder=spec["click_predictions"], cases=keys,
+                                      tolerance_mm=spec["tolerance"])
+    progress("clicks", 1, 1)
+    return {"tiles": tiles, "seed": 0, "cases": keys, "output_folder": spec["click_predictions"],
+            "seconds": time.perf_counter() - start,
+            "counts": {str(n): {"foreground_mean": results[n]["foreground_mean"],
+                                "mean": {str(k): v for k, v in results[n]["mean"].items()}} for n in counts}}
+
+
 def main(spec_file: str, result_file: str, progress_file: str) -> int:
     with open(spec_file) as f:
         spec = json.load(f)
     progress = Progress(progress_file)
-    if spec["device"] == "cpu":
-        torch.set_num_threads(spec["threads"])  # as nnUNetv2_train / nnUNetv2_predict do on the CPU
+    configure_torch(torch.device(spec["device"]), spec["threads"])
     start = time.time()
     try:
         result = train(spec, progress)
         result.update(predict_and_evaluate(spec, result, progress))
+        if result["prompted"] and spec.get("clicks"):
+            result["clicks"] = evaluate_clicks(spec, result, result["prediction"]["cases"], progress)
         result["status"] = "ok"
     except BaseException as e:  # noqa: B902 - reported to the benchmark, which goes on with the next trainer
         from sam_nnunet.errors import UserFacingExit

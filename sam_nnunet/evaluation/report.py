@@ -72,6 +72,7 @@ def markdown_table(result: Dict) -> str:
             f"{_millions(p['added'])} | {_num(run['training']['seconds_per_iteration'], 3)} | "
             f"{_gib(peak_memory_bytes(run))} | {_num(run['prediction']['seconds_per_case'], 2)} | "
             f"{_num(fg.get('Dice'), 4)} | {_num(fg.get('NSD'), 4)} | {_num(fg.get('HD95'), 2)} |")
+    lines += click_table(result)
     lines += [
         "",
         "Definitions: *Added* = parameters not initialised from a pretrained checkpoint (nnU-Net's U-Net: all of "
@@ -81,6 +82,33 @@ def markdown_table(result: Dict) -> str:
         "foreground means of `sam-nnunet evaluate` over the validation cases (per-label values in the JSON).",
     ]
     return "\n".join(lines)
+
+
+def click_table(result: Dict) -> List[str]:
+    """Lines of the table "automatic vs N simulated clicks" of the prompted trainers (none if there are none)."""
+    runs = [r for r in result["runs"] if r.get("status") == "ok" and r.get("clicks")]
+    if not runs:
+        return []
+    counts = sorted({int(n) for r in runs for n in r["clicks"]["counts"]})
+    tol = f"{result['settings']['tolerance']:g}"
+    header = " | ".join(["automatic"] + [f"{n} click{'s' * (n > 1)}" for n in counts])
+    lines = [
+        "",
+        f"Prompted trainers, the same validation cases without clicks (automatic, the row above) and with N clicks "
+        f"per foreground class drawn from the reference label (the papers' protocol; seed 0). Each cell: foreground "
+        f"mean Dice / NSD @{tol} mm. *Tiles* = which sliding-window tiles are predicted with clicks "
+        f"(`clicked`: only tiles holding a click, ZAP-2.5DSAM's protocol; `centred`: one tile centred on the clicks, "
+        f"3DSAM-adapter's; `all`: every tile); outside them the prediction is background, as in the papers.",
+        "",
+        f"| Trainer | Tiles | {header} |",
+        "|---|---|" + "---|" * (len(counts) + 1),
+    ]
+    for run in runs:
+        cells = [run["metrics"]["foreground_mean"]] + [
+            run["clicks"]["counts"].get(str(n), {}).get("foreground_mean", {}) for n in counts]
+        text = [f"{_num(c.get('Dice'), 4)} / {_num(c.get('NSD'), 4)}" for c in cells]
+        lines.append(f"| {run['trainer']} | {run['clicks']['tiles']} | " + " | ".join(text) + " |")
+    return lines
 
 
 def write_charts(result: Dict, output_dir: str) -> List[str]:

@@ -15,7 +15,7 @@ Data flow for a patch (B, C_in, D, H, W), D the slice axis:
     multi-layer aggregation decoder (+ raw image at half res.)     MultiLayerAggregationDecoder3d
     crop back to (D, H, W) -> logits (B, num_classes, D, H, W)
 """
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -96,6 +96,11 @@ class SAMAdapterNetwork(SAMNetworkBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, spatial = pad_to_multiple(x, (self.stride,) * 3)
+        logits = self.decoder(self.encode(image), image, image.shape[2:])
+        return crop_to(logits, spatial)
+
+    def encode(self, image: torch.Tensor) -> List[torch.Tensor]:
+        """Padded patch (B, C_in, D, H, W) -> the necks' feature maps, each (B, out_chans, D/4, H/4, W/4)."""
         tokens = self.token_embed(self.channels(image), self.vit.patch_embed)  # (B, d, h, w, C)
         grid = tokens.shape[1:4]
         tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
@@ -113,5 +118,4 @@ class SAMAdapterNetwork(SAMNetworkBase):
             tokens = tokens + block.mlp(block.norm2(tokens))
             if i in self.taps:
                 features.append(self.necks[len(features)](tokens.permute(0, 4, 1, 2, 3)))
-        logits = self.decoder(features, image, image.shape[2:])
-        return crop_to(logits, spatial)
+        return features

@@ -19,8 +19,10 @@ Data flow for a patch (B, C_in, D, H, W):
       single-mask output); region-based training: k = regions, no background channel
 
 Encoder passes per patch: (D + H + W) / 4 (after padding), e.g. 34 for nnU-Net's 40x56x40 hippocampus patch.
+``forward`` = ``decode(*embed(x))``: the frozen part (``embed``, without autograd) and the trained part (``decode``)
+are separate, so the encoder can run once for several decodings (prompts: ``networks/zap25d_prompted.py``).
 """
-from typing import Dict
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,15 @@ from sam_nnunet.decoders.sam_mask import PromptFreeMaskDecoder, build_sam_prompt
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+
+
+class PlaneEmbedding(NamedTuple):
+    """The frozen encoder's output for the slices of one orientation of a (padded) batch of patches."""
+    embeddings: torch.Tensor       # (B * S / pool, C, gh, gw), sample-major
+    image_pe: torch.Tensor         # (1, C, gh, gw): SAM's positional encoding of the token grid
+    dense: torch.Tensor            # (1, C, 1, 1): SAM's "no mask" embedding
+    batch: int                     # B
+    slice_shape: Tuple[int, int]   # (a, b): the slices' size in voxels
 
 
 def fixed_colour_projection(adapter: InputChannelAdapter) -> None:
@@ -133,8 +144,14 @@ class ZAP25DNetwork(SAMNetworkBase):
         self.encoder.eval()  # frozen encoder (with BatchNorm for LiteMedSAM) always as at inference
         return self
 
-    def _plane_logits(self, image: torch.Tensor, axis: int) -> torch.Tensor:
-        """Mask logits (B, k, D, H, W) of one orientation: slices along ``axis`` (2, 3 or 4) of ``image``."""
+    def embed(self, x: torch.Tensor) -> Tuple[Dict[int, PlaneEmbedding], Tuple[int, ...]]:
+        """The frozen part, without autograd: x (B, C_in, D, H, W) -> ({axis: PlaneEmbedding of the slices along
+        that axis (2, 3, 4) of the padded patch}, spatial size of x)."""
+        padded, spatial = pad_to_multiple(x, (self.pool,) * 3)
+        image = self.channels(padded)
+        return {axis: self._embed_plane(image, axis) for axis in (2, 3, 4)}, spatial
+
+    def _embed_plane(self, image: torch.Tensor, axis: int) -> PlaneEmbedding:
         stack = image.movedim(axis, 1)  # (B, S, 3, a, b)
         b, s, c, height, width = stack.shape
         groups = stack.reshape(b * s // self.pool, self.pool, c, height, width)
@@ -143,24 +160,48 @@ class ZAP25DNetwork(SAMNetworkBase):
             grid = tuple(embeddings.shape[-2:])
             image_pe = self.prompt_encoder.pe_layer(grid).unsqueeze(0).to(embeddings.dtype)
             dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(embeddings.dtype)
-        if self.checkpoint_decoder and torch.is_grad_enabled():
-            masks = torch.cat([checkpoint(self.decoder, chunk, image_pe, dense, use_reentrant=False)
-                               for chunk in embeddings.split(self.encoder_batch)])
-        else:
-            masks = self.decoder(embeddings, image_pe, dense)  # (N, k, 4 gh, 4 gw)
-        if tuple(masks.shape[-2:]) != (height, width):
-            shrink = masks.shape[-2] >= height and masks.shape[-1] >= width
-            # area: the mean of the finer logits (LiteMedSAM's masks are 4x the slice resolution)
-            masks = F.interpolate(masks, size=(height, width), mode="area" if shrink else "bilinear")
-        masks = masks.unflatten(0, (b, s // self.pool)).transpose(1, 2)  # (B, k, S / pool, a, b)
-        masks = F.interpolate(masks, scale_factor=(self.pool, 1, 1), mode="trilinear", align_corners=False)
-        return masks.movedim(2, axis)
+        return PlaneEmbedding(embeddings, image_pe, dense, b, (height, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, spatial = pad_to_multiple(x, (self.pool,) * 3)
-        image = self.channels(padded)
-        logits = sum(self._plane_logits(image, axis) for axis in (2, 3, 4))
+    def decode(self, planes: Dict[int, PlaneEmbedding], spatial: Tuple[int, ...],
+               prompts: Optional[Dict[int, object]] = None) -> torch.Tensor:
+        """The trained part: the ``embed`` output -> logits (B, num_classes, *spatial); ``prompts``: {axis: prompt of
+        that orientation}, for subclasses that take prompts."""
+        prompts = prompts or {}
+        logits = sum(self._plane_logits(plane, axis, prompts.get(axis)) for axis, plane in planes.items())
         logits = crop_to(logits, spatial)
         if self.background_channel:
             logits = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
         return logits
+
+    def _decode(self, plane: PlaneEmbedding, prompt=None) -> torch.Tensor:
+        """Prompt-free mask logits (N, k, 4 gh, 4 gw) of the N pseudo-slices of one orientation (``prompt``: the
+        prompts of that orientation, for subclasses that take them; none here)."""
+        if prompt is not None:
+            raise ValueError(f"{type(self).__name__} takes no prompts")
+        return self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)
+
+    def _run_decoder(self, embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor,
+                     sparse: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder over N embeddings (with their sparse prompt tokens (N, n, C)), its activations recomputed in
+        the backward pass ``encoder_batch`` embeddings at a time when training (``checkpoint_decoder``)."""
+        if not (self.checkpoint_decoder and torch.is_grad_enabled()):
+            return self.decoder(embeddings, image_pe, dense, sparse)
+        chunks = embeddings.split(self.encoder_batch)
+        tokens = sparse.split(self.encoder_batch) if sparse is not None else [None] * len(chunks)
+        return torch.cat([checkpoint(self.decoder, chunk, image_pe, dense, t, use_reentrant=False)
+                          for chunk, t in zip(chunks, tokens)])
+
+    def _plane_logits(self, plane: PlaneEmbedding, axis: int, prompt=None) -> torch.Tensor:
+        """Mask logits (B, k, D, H, W) of one orientation (slices along ``axis``) of the padded patch."""
+        height, width = plane.slice_shape
+        masks = self._decode(plane, prompt)  # (N, k, 4 gh, 4 gw)
+        if tuple(masks.shape[-2:]) != (height, width):
+            shrink = masks.shape[-2] >= height and masks.shape[-1] >= width
+            # area: the mean of the finer logits (LiteMedSAM's masks are 4x the slice resolution)
+            masks = F.interpolate(masks, size=(height, width), mode="area" if shrink else "bilinear")
+        masks = masks.unflatten(0, (plane.batch, -1)).transpose(1, 2)  # (B, k, S / pool, a, b)
+        masks = F.interpolate(masks, scale_factor=(self.pool, 1, 1), mode="trilinear", align_corners=False)
+        return masks.movedim(2, axis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.embed(x))

@@ -1,0 +1,66 @@
+"""3D clicks as SAM point prompts on ZAP-2.5DSAM's slices: where a click lands in the images of one orientation,
+and what it says to each mask output.
+
+Projection (ZAP-2.5DSAM, methods.md section 3.1): a click (d, h, w) in the patch is projected onto the slices of an
+orientation by dropping that orientation's slice axis; the same 2D point is used for every (pseudo-)slice of it.
+The slices of ``ZAP25DNetwork`` along D are H x W images, along H D x W images, along W D x H images (rows x
+columns); SAM's points are (x, y) = (column, row). A slice fills the whole image the encoder sees, so the click
+keeps its relative position: voxel v of an axis of n voxels (centre at (v + 0.5) / n of the axis, the convention of
+the image's positional encoding ``pe_layer(grid)``) becomes the pixel of SAM's prompt-encoder frame at the same
+relative position. (ZAP multiplies crop voxels by 4 in its 512-pixel frame and SAM adds half a pixel: a shift of
+3/8 voxel, which the exact mapping here does not have.)
+
+Reading of a click for mask output j (channel ``first_channel + j``), SAM's labels (1 positive, 0 negative, -1 "not a
+point" = SAM's own padding token, which carries no position):
+
+    click                         on j's channel    on another channel
+    positive ("this is class c")  1                 0 when classes are mutually exclusive (label-based: another
+                                                    class or background is "not j" there), else -1
+    negative ("this is not c")    0                 -1 (says nothing about j)
+    empty slot (label -1)         -1                -1
+"""
+from typing import Sequence, Tuple
+
+import torch
+
+SAM_POSITIVE, SAM_NEGATIVE, SAM_NOT_A_POINT = 1, 0, -1
+
+
+def sam_point_labels(point_labels: torch.Tensor, num_masks: int, first_channel: int,
+                     exclusive: bool) -> torch.Tensor:
+    """point_labels (B, N) (``2 * channel + negative``, -1 empty; ``sam_nnunet.prompts.clicks``) -> SAM labels
+    (B, num_masks, N) of every click for every mask output (the table of the module docstring).
+
+    Arguments:
+      first_channel: the network output channel of mask output 0 (1 after a background channel, else 0).
+      exclusive: outputs are mutually exclusive classes (label-based training), not possibly overlapping regions.
+    """
+    valid = point_labels >= 0
+    channel = torch.div(point_labels, 2, rounding_mode="floor")
+    negative = point_labels.remainder(2) == 1
+    outputs = torch.arange(num_masks, device=point_labels.device) + first_channel
+    same = channel[:, None, :] == outputs[None, :, None]  # (B, k, N)
+    positive = ~negative[:, None, :]
+    elsewhere = SAM_NEGATIVE if exclusive else SAM_NOT_A_POINT
+    labels = torch.where(same, torch.where(positive, SAM_POSITIVE, SAM_NEGATIVE),
+                         torch.where(positive, elsewhere, SAM_NOT_A_POINT))
+    return torch.where(valid[:, None, :], labels, SAM_NOT_A_POINT)
+
+
+def plane_axes(axis: int) -> Tuple[int, int]:
+    """(row, column) coordinate indices (0 = D, 1 = H, 2 = W) of the slices along tensor axis ``axis`` (2, 3, 4)."""
+    rows, cols = (a - 2 for a in (2, 3, 4) if a != axis)
+    return rows, cols
+
+
+def project_clicks(point_coords: torch.Tensor, spatial: Sequence[int], axis: int,
+                   frame: Sequence[int]) -> torch.Tensor:
+    """point_coords (B, N, 3) voxel positions (D, H, W) in a volume of size ``spatial`` -> SAM points (B, N, 2)
+    (x, y) in pixels of a prompt-encoder frame ``frame`` (H_in, W_in) (``PromptEncoder.input_image_size``), for the
+    slices along tensor axis ``axis``. SAM adds half a pixel and divides by the frame: the result is the voxel's
+    relative position in the slice."""
+    rows, cols = plane_axes(axis)
+    xy = point_coords[..., [cols, rows]]
+    size = torch.tensor([spatial[cols], spatial[rows]], dtype=xy.dtype, device=xy.device)
+    pixels = torch.tensor([frame[1], frame[0]], dtype=xy.dtype, device=xy.device)
+    return (xy + 0.5) / size * pixels - 0.5

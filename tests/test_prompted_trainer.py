@@ -1,0 +1,88 @@
+"""SAMAdapterTrainer_prompted inside nnU-Net's training loop (in-process, tiny encoder, synthetic data)."""
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer
+
+from sam_nnunet.prompts.clicks import NO_CLICK
+from sam_nnunet.trainers import SAMAdapterTrainer_prompted
+from sam_nnunet.trainers.prompted import ClickBoundNetwork
+
+
+@pytest.fixture
+def results(sam_env, tmp_path):
+    sam_env.setenv("nnUNet_results", str(tmp_path / "results"))
+    sam_env.setenv("nnUNet_n_proc_DA", "0")  # in-process data augmentation
+    return sam_env
+
+
+def test_train_and_validation_steps_pass_clicks_drawn_from_the_target(synthetic_dataset, results,
+                                                                      tiny_sam_checkpoint):
+    path, state = tiny_sam_checkpoint
+    results.setenv("nnUNet_SAM_checkpoint", path)
+    trainer = make_trainer(SAMAdapterTrainer_prompted, synthetic_dataset)
+    trainer.on_train_start()
+    net = trainer.sam_network
+    assert type(net).__name__ == "SAMAdapterPromptedNetwork"
+    for k, v in net.vit.state_dict().items():  # pretrained weights loaded after nnU-Net built the network
+        torch.testing.assert_close(v, state["image_encoder." + k], rtol=0, atol=0)
+
+    seen = []
+    original_forward = net.forward
+
+    def spy(x, point_coords=None, point_labels=None):
+        seen.append((x.shape, None if point_coords is None else (point_coords.clone(), point_labels.clone())))
+        return original_forward(x, point_coords, point_labels)
+
+    net.forward = spy
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters() if not p.requires_grad}
+    prompt_before = {n: p.detach().clone() for n, p in net.prompt_encoder.named_parameters()}
+    trainer.on_train_epoch_start()
+    torch.manual_seed(0)
+    losses = [trainer.train_step(next(trainer.dataloader_train))["loss"] for _ in range(2)]
+    assert all(np.isfinite(losses))
+    assert not isinstance(trainer.network, ClickBoundNetwork)  # the binding lasts one step
+    heads = trainer.label_manager.num_segmentation_heads  # background + 2 classes
+    for shape, (coords, labels) in seen:
+        batch = shape[0]
+        assert coords.shape == (batch, 10 * (heads - 1) + 20, 3) and labels.shape == (batch, 10 * (heads - 1) + 20)
+        valid = labels != NO_CLICK
+        assert valid.any()
+        assert ((coords[valid] >= 0) & (coords[valid] < torch.tensor(shape[2:]))).all()
+        assert int(labels.max()) <= 2 * (heads - 1)
+    for n, p in net.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen parameter {n} changed"
+    assert any(not torch.equal(p, prompt_before[n]) for n, p in net.prompt_encoder.named_parameters())
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == trainable
+
+    seen.clear()
+    trainer.on_validation_epoch_start()
+    with torch.no_grad():
+        out = trainer.validation_step(next(trainer.dataloader_val))
+    assert len(out["tp_hard"]) == heads - 1
+    (_, (coords, labels)), = seen
+    assert labels.shape[1] == 10 * (heads - 1)  # the paper validates with 10 clicks per class, no random ones
+    trainer.on_train_end()
+
+
+def test_prompt_free_prediction_through_nnunet(synthetic_dataset, results):
+    """nnU-Net's own validation and nnUNetv2_predict call network(x): the automatic mode."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    results.setenv("nnUNet_SAM_encoder", "vit_test")
+    results.setenv("nnUNet_SAM_allow_random_init", "1")
+    trainer = make_trainer(SAMAdapterTrainer_prompted, synthetic_dataset)
+    trainer.initialize()
+    network = SAMAdapterTrainer_prompted.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, 1, trainer.label_manager.num_segmentation_heads,
+        enable_deep_supervision=False)
+    network.load_state_dict(trainer.sam_network.state_dict())
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, "SAMAdapterTrainer_prompted", (0, 1, 2))
+    logits = predictor.predict_sliding_window_return_logits(torch.randn(1, 41, 50, 40))
+    assert logits.shape == (trainer.label_manager.num_segmentation_heads, 41, 50, 40)
+    assert torch.isfinite(logits).all()

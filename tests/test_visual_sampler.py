@@ -1,0 +1,93 @@
+"""3DSAM-adapter's visual sampler prompt encoder and the prompted network: counts, shapes, click handling, compile."""
+import torch
+
+from sam_nnunet.blocks.visual_sampler import VisualSamplerPromptEncoder3d
+from sam_nnunet.info import parameter_counts
+from sam_nnunet.networks.sam_adapter_prompted import SAMAdapterPromptedNetwork
+from sam_nnunet.prompts.clicks import click_label, normalise_coords
+
+
+def test_vit_b_trainable_parameters_are_the_papers():
+    counts = parameter_counts("SAMAdapterTrainer_prompted", "vit_b", 1, 2)
+    assert counts["trainable"] == 25_462_400  # 3DSAM-adapter's public code, ViT-B, one input channel, two outputs
+    assert counts["prompt_encoder"] == 3_164_160
+    assert counts["trainable"] - parameter_counts("SAMAdapterTrainer", "vit_b", 1, 2)["trainable"] == 3_164_160
+    assert counts["network"].endswith("SAMAdapterPromptedNetwork")
+    # the paper's setting without its public code's unused parts: 2 blocks x (self-attention 263,168 + two
+    # cross-attentions 2 x 131,712 + MLP 1,050,880 + 4 LayerNorms 2,048 + 10 global queries 2,560)
+    assert 2 * (263_168 + 2 * 131_712 + 1_050_880 + 4 * 512 + 10 * 256) == 3_164_160
+
+
+def _encoder(dim=32, codes=6):
+    torch.manual_seed(0)
+    return VisualSamplerPromptEncoder3d(dim, codes, depth=2, num_heads=2, mlp_dim=64).eval()
+
+
+def test_prompt_encoder_shapes_and_absent_clicks():
+    enc = _encoder()
+    features = torch.randn(2, 32, 4, 6, 5)
+    coords = torch.rand(2, 3, 3)
+    labels = torch.tensor([[2, 3, 0], [4, -1, -1]])
+    out = enc(features, coords, labels)
+    assert out.shape == features.shape and torch.isfinite(out).all()
+    # no click at all (automatic mode): still defined, N = 0
+    empty = enc(features, torch.zeros(2, 0, 3), torch.zeros(2, 0, dtype=torch.long))
+    assert empty.shape == features.shape and torch.isfinite(empty).all()
+    # absent clicks (label -1) are ignored wherever they are: sample 1 equals sample 1 with its valid click only
+    moved = coords.clone()
+    moved[1, 1:] = torch.rand(2, 3)
+    torch.testing.assert_close(enc(features, moved, labels)[1], out[1])
+    torch.testing.assert_close(enc(features[1:], coords[1:, :1], labels[1:, :1])[0], out[1], rtol=1e-5, atol=1e-5)
+    # a sample with only absent clicks equals the automatic mode; clicks do change the output
+    only_absent = enc(features[1:], coords[1:, 1:], labels[1:, 1:])
+    torch.testing.assert_close(only_absent[0], empty[1], rtol=1e-5, atol=1e-5)
+    assert (out[0] - empty[0]).abs().max() > 1e-3
+    # the label of a click matters (positive / negative / other class)
+    relabelled = enc(features, coords, torch.tensor([[3, 3, 0], [4, -1, -1]]))
+    assert (relabelled[0] - out[0]).abs().max() > 1e-3
+
+
+def test_clicks_sample_the_features_where_they_are():
+    """A click at a voxel samples the token that covers it: axis order (D, H, W) and the voxel-centre convention."""
+    stride, grid = 4, (3, 5, 4)
+    features = torch.zeros(1, 8, *grid)
+    features[0, :, 2, 1, 3] = torch.arange(8.0)
+    spatial = tuple(stride * g for g in grid)
+    # the centre of token (2, 1, 3) is voxel 4 * index + 1.5
+    coords = torch.tensor([[[2 * stride + 1.5, 1 * stride + 1.5, 3 * stride + 1.5]]])
+    grid_coords = 2 * normalise_coords(coords, spatial) - 1
+    sampled = torch.nn.functional.grid_sample(features, grid_coords.flip(-1).view(1, 1, 1, 1, 3),
+                                              align_corners=False)
+    torch.testing.assert_close(sampled.flatten(), torch.arange(8.0))
+    # transposed coordinates miss it
+    wrong = 2 * normalise_coords(coords[..., [2, 1, 0]], spatial) - 1
+    assert torch.nn.functional.grid_sample(features, wrong.flip(-1).view(1, 1, 1, 1, 3),
+                                           align_corners=False).abs().sum() < 1e-6
+
+
+def test_prompted_network_output_and_gradients():
+    torch.manual_seed(0)
+    net = SAMAdapterPromptedNetwork(1, 3, "vit_test")
+    x = torch.randn(2, 1, 18, 22, 17)  # not multiples of the token stride
+    coords = torch.tensor([[[3.0, 4.0, 5.0], [10.0, 12.0, 8.0]], [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[click_label(1), click_label(2, True)], [click_label(2), -1]])
+    out = net(x, coords, labels)
+    assert out.shape == (2, 3, 18, 22, 17)
+    automatic = net(x)
+    assert automatic.shape == out.shape
+    assert (out - automatic).abs().amax(dim=(1, 2, 3, 4)).min() > 1e-4
+    out.sum().backward()
+    for name, p in net.prompt_encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in net.vit.patch_embed.parameters())  # still frozen
+
+
+def test_paper_attention_variant_and_compile():
+    net = SAMAdapterPromptedNetwork(1, 2, "vit_test", image_reads_clicks=False).eval()
+    assert sum(p.numel() for p in net.prompt_encoder.parameters()) == \
+        sum(p.numel() for p in SAMAdapterPromptedNetwork(1, 2, "vit_test").prompt_encoder.parameters())
+    x = torch.randn(1, 1, 16, 16, 16)
+    coords, labels = torch.tensor([[[5.0, 6.0, 7.0]]]), torch.tensor([[2]])
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # any graph break fails
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, coords, labels), net(x, coords, labels), rtol=1e-4, atol=1e-4)
