@@ -29,6 +29,11 @@ RUNS = {
     "ZAP25DSAMTrainer": [("vit_test", [((36, 52, 36), 2), ((40, 56, 40), 2), ((64, 64, 64), 2), ((64, 96, 96), 2)]),
                          ("vit_b", [((40, 56, 40), 1), ((40, 56, 40), 2)]),
                          ("litemedsam", [((32, 32, 32), 1), ((40, 56, 40), 1), ((40, 56, 40), 2)])],
+    # prompted variants, traced and trained with every training click slot used
+    "SAMAdapterTrainer_prompted": [("vit_test", [((40, 56, 40), 2), ((64, 64, 64), 2)]),
+                                   ("vit_b", [((40, 56, 40), 1)])],
+    "ZAP25DSAMTrainer_prompted": [("vit_test", [((40, 56, 40), 2), ((64, 64, 64), 2), ((64, 96, 96), 2)]),
+                                  ("litemedsam", [((32, 32, 32), 1), ((40, 56, 40), 1)])],
     # square frames; memory grows with the slices (2 x D propagation steps keep their activations)
     "SAM2_3dMedTrainer": [("sam2_test", [((8, 32, 32), 2), ((16, 32, 32), 1), ((16, 48, 48), 1), ((24, 40, 40), 2)]),
                           ("sam2.1_hiera_t", [((16, 32, 32), 1), ((24, 40, 40), 1)])],

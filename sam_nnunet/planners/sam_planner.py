@@ -81,6 +81,7 @@ class PlannedMethod:
     network_class: str
     network_kwargs: Dict  # the encoder and the trainer's network_kwargs
     profile: Optional[MethodProfile]
+    clicks: Tuple[int, int] = (0, 0)  # a prompted trainer's training clicks: per foreground class, anywhere
 
     def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False) -> Dict:
         """The network's arguments for a configuration of this spacing (and labels: region-based or not)."""
@@ -100,7 +101,8 @@ class PlannedMethod:
                        regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
         """What one training step of this method needs, for the memory estimate (and its measurement)."""
         return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
-                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer)
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer,
+                             clicks_per_class=self.clicks[0], random_clicks=self.clicks[1])
 
 
 def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None) -> PlannedMethod:
@@ -113,7 +115,18 @@ def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None
         raise PlanningError(str(e)) from None
     chosen = resolve_encoder(cls, encoder)
     return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
-                         profile_of_trainer_class(cls))
+                         profile_of_trainer_class(cls), training_clicks(cls))
+
+
+def training_clicks(trainer_class: type) -> Tuple[int, int]:
+    """(positive clicks per foreground class, clicks anywhere) of a trainer's training patches: a prompted trainer's
+    click protocol (``trainers.prompted.PromptedTrainerMixin``) when its network takes clicks, else (0, 0)."""
+    import pydoc
+
+    network = pydoc.locate(trainer_class.network_class)
+    if not getattr(network, "takes_clicks", False):
+        return 0, 0
+    return int(getattr(trainer_class, "train_positive_clicks", 0)), int(getattr(trainer_class, "train_random_clicks", 0))
 
 
 @dataclass(frozen=True)
