@@ -3,9 +3,9 @@
     PYTHONPATH=. python scripts/planner_memory_report.py [--trainers T ...] [--real] [--default-malloc] [--first-step]
 
 Estimates are traced on fake tensors (sam_nnunet.planners.memory); measurements are the peak resident memory of a
-fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network, loss, deep
-supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three labels as in the MSD
-hippocampus). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average
+fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network, the trainer's
+own loss, deep supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three labels as in
+the MSD hippocampus). --real adds the real encoder sizes (ViT-B; ZAP also LiteMedSAM; SAM 2.1 Hiera-T for SAM2). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average
 is printed for the record.
 """
 import argparse
@@ -29,6 +29,11 @@ RUNS = {
     "ZAP25DSAMTrainer": [("vit_test", [((36, 52, 36), 2), ((40, 56, 40), 2), ((64, 64, 64), 2), ((64, 96, 96), 2)]),
                          ("vit_b", [((40, 56, 40), 1), ((40, 56, 40), 2)]),
                          ("litemedsam", [((32, 32, 32), 1), ((40, 56, 40), 1), ((40, 56, 40), 2)])],
+    # prompted variants, traced and trained with every training click slot used
+    "SAMAdapterTrainer_prompted": [("vit_test", [((40, 56, 40), 2), ((64, 64, 64), 2)]),
+                                   ("vit_b", [((40, 56, 40), 1)])],
+    "ZAP25DSAMTrainer_prompted": [("vit_test", [((40, 56, 40), 2), ((64, 64, 64), 2), ((64, 96, 96), 2)]),
+                                  ("litemedsam", [((32, 32, 32), 1), ((40, 56, 40), 1)])],
     # square frames; memory grows with the slices (2 x D propagation steps keep their activations)
     "SAM2_3dMedTrainer": [("sam2_test", [((8, 32, 32), 2), ((16, 32, 32), 1), ((16, 48, 48), 1), ((24, 40, 40), 2)]),
                           ("sam2.1_hiera_t", [((16, 32, 32), 1), ((24, 40, 40), 1)])],

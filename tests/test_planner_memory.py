@@ -12,7 +12,7 @@ from sam_nnunet.planners.sam_planner import planned_method
 RUNS = {
     "SAMAdapterTrainer": ("vit_test", [((32, 32, 32), 2), ((40, 56, 40), 2), ((48, 48, 48), 2)]),
     "SAM3DMedTrainer": ("vit_test", [((32, 32, 32), 2), ((40, 56, 40), 2), ((48, 48, 48), 2)]),
-    "ZAP25DSAMTrainer": ("vit_test", [((64, 64, 64), 2), ((64, 96, 96), 2), ((96, 96, 96), 2)]),
+    "ZAP25DSAMTrainer": ("vit_test", [((64, 64, 64), 2), ((64, 96, 96), 2), ((96, 96, 96), 1)]),
     "SAM2_3dMedTrainer": ("sam2_test", [((8, 32, 32), 2), ((16, 32, 32), 1), ((16, 48, 48), 1)]),
 }
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}

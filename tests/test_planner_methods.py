@@ -94,3 +94,43 @@ def test_a_constructor_that_reads_values_is_estimated_like_any_other():
     output = 2 * 3 * 16 ** 3 * 4
     assert plain.peak_bytes <= value_reading.peak_bytes <= plain.peak_bytes + 2 * output
 
+
+
+def test_prompted_trainers_are_traced_with_their_training_clicks():
+    zap, adapter = (planned_method(t, "vit_test") for t in ("ZAP25DSAMTrainer_prompted", "SAMAdapterTrainer_prompted"))
+    assert zap.clicks == (3, 0) and adapter.clicks == (10, 20)  # their click protocols: per class, anywhere
+    assert zap.profile is METHOD_PROFILES["ZAP25DSAMTrainer"] and adapter.profile is METHOD_PROFILES["SAMAdapterTrainer"]
+    assert planned_method("ZAP25DSAMTrainer", "vit_test").clicks == (0, 0)
+    setup = zap.training_setup(zap.arch_kwargs((1.0, 1.0, 1.0)), 1, LABELS)
+    coords, labels = setup.make_clicks((16, 32, 24), 2)
+    assert coords.shape == (2, 6, 3) and labels.tolist() == [[2, 4, 2, 4, 2, 4]] * 2  # every slot a positive click
+    assert (coords >= 0).all() and (coords <= torch.tensor([15, 31, 23])).all()
+    # ZAP's prompted decoding runs once more per mask output: more memory than the prompt-free step
+    without = TrainingSetup(**{**vars(setup), "clicks_per_class": 0})
+    patch = (16, 16, 16)
+    assert TrainingMemoryEstimator(setup)(patch, 1).peak_bytes > TrainingMemoryEstimator(without)(patch, 1).peak_bytes
+
+
+@pytest.mark.parametrize("trainer, encoder, patch", [("ZAP25DSAMTrainer_prompted", "vit_test", (16, 16, 16)),
+                                                     ("SAMAdapterTrainer_prompted", "vit_test", (16, 16, 16)),
+                                                     ("SAM2_3dMedTrainer", "sam2_test", (8, 32, 32))])
+def test_the_trace_counts_what_a_real_step_allocates(trainer, encoder, patch):
+    """The fake trace against the same live-tensor count on a real CPU step: clicks, SAM 2's auxiliary losses and
+    its constructor built outside the fake mode, SAM's prompt encoder's data-dependent masking (upper bound)."""
+    from sam_nnunet.planners.memory import LiveTensorMemory, training_step
+
+    torch.manual_seed(0)
+    method = planned_method(trainer, encoder)
+    setup = method.training_setup(method.arch_kwargs((1.0, 1.0, 1.0)), 1, LABELS)
+    traced = TrainingMemoryEstimator(setup)(patch, 1)
+    network, loss = setup.build_network(), setup.build_loss()
+    network.train()
+    optimizer = setup.build_optimizer(network)
+    data, target = setup.make_batch(patch, 1)
+    clicks = setup.make_clicks(patch, 1)
+    memory = LiveTensorMemory()
+    with memory:
+        memory.track([*network.parameters(), *network.buffers(), data, target, *(clicks or ())])
+        for _ in range(2):  # the first step creates AdamW's state, as the trace does
+            training_step(network, optimizer, loss, data, target, clicks)
+    assert traced.peak_bytes == pytest.approx(memory.peak, rel=0.01)

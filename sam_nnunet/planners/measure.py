@@ -86,8 +86,9 @@ def _run_steps(setup, patch_size, batch_size, steps: int = 2) -> None:
     loss = setup.build_loss()
     optimizer = setup.build_optimizer(network)
     data, target = setup.make_batch(patch_size, batch_size)
+    clicks = setup.make_clicks(patch_size, batch_size)
     for _ in range(steps):
-        training_step(network, optimizer, loss, data, target)
+        training_step(network, optimizer, loss, data, target, clicks)
 
 
 def _main() -> None:

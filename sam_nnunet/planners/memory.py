@@ -1,8 +1,9 @@
 """Training memory of any network, estimated by tracing one nnU-Net training step on fake tensors.
 
 No per-network formula: the network is built and trained for two steps under ``FakeTensorMode`` (tensors with
-shapes, dtypes and devices but no data, so a ViT-B at a 128^3 patch costs seconds and no memory), and a dispatch
-mode counts the bytes of every live tensor storage. The peak of that count over the steps is the estimate: it holds
+shapes, dtypes and devices but no data, so a ViT-B at a 128^3 patch costs seconds and no memory), with the loss the
+trainer builds (its own ``_build_loss``: auxiliary losses included), and a dispatch mode counts the bytes of every
+live tensor storage. The peak of that count over the steps is the estimate: it holds
 the parameters and buffers, the batch, the activations autograd saves (only where a trainable path needs them: a
 frozen encoder run without gradient saves nothing), temporaries of each operation's outputs, gradients of the
 trainable parameters and the optimiser state (AdamW: two tensors per trainable parameter, created in the first step).
@@ -21,6 +22,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
+
+
+def _upper_bound(nbytes) -> int:
+    """An int, or the largest value a symbolic size can take (outputs of data-dependent size: the bound the fake
+    implementation put on it, e.g. all elements of a boolean mask)."""
+    if isinstance(nbytes, int):
+        return nbytes
+    node = nbytes.node
+    return int(node.shape_env.bound_sympy(node.expr).upper)
 
 
 class LiveTensorMemory(TorchDispatchMode):
@@ -47,7 +57,7 @@ class LiveTensorMemory(TorchDispatchMode):
     def _add(self, storage) -> None:
         if storage in self._live:
             return
-        nbytes = storage.nbytes()
+        nbytes = _upper_bound(storage.nbytes())
         self._live[storage] = nbytes
         self.current += nbytes
         self.peak = max(self.peak, self.current)
@@ -66,11 +76,12 @@ class LiveTensorMemory(TorchDispatchMode):
 
 
 def training_step(network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, data: torch.Tensor,
-                  target: Any) -> torch.Tensor:
+                  target: Any, clicks: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """nnU-Net's ``train_step`` as it runs without a grad scaler (CPU, fp32): zero_grad(set_to_none), forward, loss,
-    backward, gradient-norm clipping at 12, optimiser step. Returns the detached loss."""
+    backward, gradient-norm clipping at 12, optimiser step. Returns the detached loss. ``clicks``: (point_coords,
+    point_labels) passed to the network with the patch, as the prompted trainers do."""
     optimizer.zero_grad(set_to_none=True)
-    output = network(data)
+    output = network(data) if clicks is None else network(data, *clicks)
     value = loss(output, target)
     del output
     value.backward()
@@ -94,6 +105,9 @@ class TrainingSetup:
         a trainer that trains without deep supervision (SAMTrainerBase's default).
       trainer: class name of the trainer whose loss the step uses (its own ``_build_loss``: e.g. SAM2_3dMedTrainer's
         segmentation + auxiliary losses on the network's dict output), or None for nnU-Net's loss.
+      clicks_per_class, random_clicks: click prompts per training patch of a prompted trainer (its network takes
+        ``(x, point_coords, point_labels)``): positive clicks per foreground class or region, clicks anywhere; 0 and
+        0 for a network that takes none. The step gets every click slot filled (``make_clicks``): the most memory.
     """
     network_class: str
     arch_kwargs: Dict
@@ -103,6 +117,8 @@ class TrainingSetup:
     batch_dice: bool = False
     deep_supervision_scales: Optional[List[List[float]]] = None
     trainer: Optional[str] = None
+    clicks_per_class: int = 0
+    random_clicks: int = 0
 
     def label_manager(self):
         from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -161,6 +177,20 @@ class TrainingSetup:
         return data, [target([round(p * f) for p, f in zip(patch_size, scale)])
                       for scale in self.deep_supervision_scales]
 
+    def make_clicks(self, patch_size: Sequence[int], batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Clicks of a prompted trainer's training step with every slot used (every class present, no patch left
+        without clicks), in ``sam_nnunet.prompts.clicks``'s format: point_coords (B, N, 3) voxel coordinates,
+        point_labels (B, N) positive clicks cycling over the foreground classes / regions; None without clicks."""
+        lm = self.label_manager()
+        channels = list(range(lm.num_segmentation_heads)) if lm.has_regions else \
+            list(range(1, lm.num_segmentation_heads))
+        n = self.clicks_per_class * len(channels) + self.random_clicks
+        if n == 0:
+            return None
+        labels = torch.tensor([2 * channels[i % len(channels)] for i in range(n)]).expand(batch_size, n).clone()
+        coords = torch.rand(batch_size, n, 3) * (torch.tensor(patch_size, dtype=torch.float32) - 1)
+        return coords, labels
+
 
 @dataclass(frozen=True)
 class TrainingMemoryEstimate:
@@ -193,20 +223,20 @@ class TrainingMemoryEstimator:
     """
 
     def __init__(self, setup: TrainingSetup) -> None:
-        from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
-                                                   FakeTensorMode)
+        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
         self.setup = setup
-        self._fake = FakeTensorMode()
+        self._fake = _fake_mode()
         try:
             with self._fake:
                 self.network = setup.build_network()
-        except (DataDependentOutputException, DynamicOutputShapeException):
+        except (DataDependentOutputException, DynamicOutputShapeException, GuardOnDataDependentSymNode):
             # a constructor that reads tensor values (SAM 2's Hiera: ``.item()`` on its drop-path schedule) cannot
             # run on fake tensors: build it for real, then swap every parameter and buffer for a fake copy (real
             # memory of the parameters only while building). Tensors the network keeps as plain attributes (SAM 2's
             # rotary tables) stay real: the mode converts them where an operation uses them.
-            self._fake = FakeTensorMode(allow_non_fake_inputs=True)
+            self._fake = _fake_mode(allow_non_fake_inputs=True)
             self.network = _to_fake(setup.build_network(), self._fake)
         with self._fake:
             self.loss = setup.build_loss()
@@ -220,17 +250,24 @@ class TrainingMemoryEstimator:
         return self._cache[key]
 
     def predicted_peak_bytes(self, patch_size: Sequence[int], batch_size: int) -> Optional[float]:
-        """The peak predicted from the estimates traced so far as ``a + c * batch * voxels`` (least squares; after a
-        single trace, the line through it and its persistent memory at zero voxels), or None before any trace. A
-        starting point for searches only; plans use traced estimates."""
-        points = [(b * float(np.prod(p)), e.peak_bytes) for (p, b), e in self._cache.items()]
-        if not points:
+        """The peak predicted from the estimates traced so far, as a function of ``batch * voxels``: linear between
+        the traced sizes, extended along the line through the two nearest beyond them (below the smallest, its
+        persistent memory at zero voxels), or None before any trace. A guide for searches only; plans use traced
+        estimates."""
+        if not self._cache:
             return None
-        if len({x for x, _ in points}) < 2:
-            e = next(iter(self._cache.values()))
-            points.append((0.0, e.persistent_bytes))
-        c, a = np.polyfit(*zip(*points), 1)
-        return float(a + c * batch_size * float(np.prod(patch_size)))
+        peaks: Dict[float, float] = {}
+        for (p, b), e in self._cache.items():
+            x = b * float(np.prod(p))
+            peaks[x] = max(peaks.get(x, 0.0), float(e.peak_bytes))
+        smallest = min(self._cache.items(), key=lambda item: item[0][1] * float(np.prod(item[0][0])))[1]
+        peaks.setdefault(0.0, float(smallest.persistent_bytes))
+        xs, ys = zip(*sorted(peaks.items()))
+        x = batch_size * float(np.prod(patch_size))
+        if x <= xs[-1]:
+            return float(np.interp(x, xs, ys))
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return ys[-1] + slope * (x - xs[-1])
 
     def _trace(self, patch_size: Tuple[int, ...], batch_size: int) -> TrainingMemoryEstimate:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
@@ -245,14 +282,26 @@ class TrainingMemoryEstimator:
                     p.grad = torch.zeros_like(p)
                 optimizer.step()
                 data, target = self.setup.make_batch(patch_size, batch_size)
-                training_step(self.network, optimizer, self.loss, data, target)
-                del data, target
+                clicks = self.setup.make_clicks(patch_size, batch_size)
+                training_step(self.network, optimizer, self.loss, data, target, clicks)
+                del data, target, clicks
                 persistent = memory.current
                 del optimizer
         finally:
             for p in trainable:
                 p.grad = None
         return TrainingMemoryEstimate(patch_size, batch_size, memory.peak, persistent, parameter_bytes)
+
+
+def _fake_mode(allow_non_fake_inputs: bool = False):
+    """A FakeTensorMode with static shapes that also runs operations whose output size depends on the data (boolean
+    masks: SAM's prompt encoder zeroes its padding points with ``embedding[labels == -1] = 0``): their outputs get
+    an unbacked symbolic size, counted at its upper bound (``LiveTensorMemory``)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return FakeTensorMode(allow_non_fake_inputs=allow_non_fake_inputs, static_shapes=True,
+                          shape_env=ShapeEnv(allow_dynamic_output_shape_ops=True))
 
 
 def _to_fake(module: nn.Module, fake_mode) -> nn.Module:

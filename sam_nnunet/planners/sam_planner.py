@@ -10,8 +10,8 @@ differs is how a 3D configuration's patch and batch size are found (``get_plans_
    step by step, each step to the next waste-free length;
 2. the first candidate whose training step fits the memory target at nnU-Net's minimum batch size (2; 1 if even
    the smallest patch does not fit with 2). Memory is not a reference ratio as in nnU-Net but an absolute estimate
-   traced from the network itself (``memory.TrainingMemoryEstimator``); the search bisects the candidates, starting
-   from a linear prediction fitted to the traces made so far;
+   traced from the network itself (``memory.TrainingMemoryEstimator``); an interpolation search over the candidates
+   traces where the traces so far predict the limit, and bisects where the prediction is poor;
 3. the largest batch size that fits, capped as in nnU-Net so a batch covers at most 5% of the dataset's voxels.
 
 The plans are sized for one method, the first of ``trainers`` (default SAMAdapterTrainer): its sizes go into
@@ -22,7 +22,7 @@ read only nnU-Net's standard fields.
 """
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -81,6 +81,7 @@ class PlannedMethod:
     network_class: str
     network_kwargs: Dict  # the encoder and the trainer's network_kwargs
     profile: Optional[MethodProfile]
+    clicks: Tuple[int, int] = (0, 0)  # a prompted trainer's training clicks: per foreground class, anywhere
 
     def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False) -> Dict:
         """The network's arguments for a configuration of this spacing (and labels: region-based or not)."""
@@ -100,7 +101,8 @@ class PlannedMethod:
                        regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
         """What one training step of this method needs, for the memory estimate (and its measurement)."""
         return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
-                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer)
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer,
+                             clicks_per_class=self.clicks[0], random_clicks=self.clicks[1])
 
 
 def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None) -> PlannedMethod:
@@ -113,7 +115,18 @@ def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None
         raise PlanningError(str(e)) from None
     chosen = resolve_encoder(cls, encoder)
     return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
-                         profile_of_trainer_class(cls))
+                         profile_of_trainer_class(cls), training_clicks(cls))
+
+
+def training_clicks(trainer_class: type) -> Tuple[int, int]:
+    """(positive clicks per foreground class, clicks anywhere) of a trainer's training patches: a prompted trainer's
+    click protocol (``trainers.prompted.PromptedTrainerMixin``) when its network takes clicks, else (0, 0)."""
+    import pydoc
+
+    network = pydoc.locate(trainer_class.network_class)
+    if not getattr(network, "takes_clicks", False):
+        return 0, 0
+    return int(getattr(trainer_class, "train_positive_clicks", 0)), int(getattr(trainer_class, "train_random_clicks", 0))
 
 
 @dataclass(frozen=True)
@@ -226,17 +239,19 @@ class SAMPlanner(ExperimentPlanner):
         fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
         candidates = self.patch_candidates(grid, spacing, median_shape)
 
-        def guess(predicate_fits, n):
-            # first index the traces so far predict to fit: the search starts there (few traces when close)
-            predicted = [predicate_fits(i) for i in range(n)]
-            return None if None in predicted else next((i for i, ok in enumerate(predicted) if ok), n - 1)
+        def guide(predicted):
+            # where the traces so far put the answer in [lo, hi): the first index predicted True, else hi - 1 (the
+            # neighbour of a known True, to confirm it); asked again after every trace, so the guesses sharpen
+            def guess(lo, hi):
+                values = [predicted(i) for i in range(lo, hi)]
+                return None if None in values else next((lo + k for k, v in enumerate(values) if v), hi - 1)
+            return guess
 
         for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
             if not fits(candidates[-1], floor):
                 continue
-            predicted = lambda i: _le(estimator.predicted_peak_bytes(candidates[i], floor), budget)
-            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor),
-                                guess(predicted, len(candidates)))
+            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor), guide(
+                lambda i: _le(estimator.predicted_peak_bytes(candidates[i], floor), budget)))
             if first is not None:
                 break
         else:
@@ -250,8 +265,8 @@ class SAMPlanner(ExperimentPlanner):
         cap = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
         top = max(cap, floor)
         # largest batch size in [floor, top] that fits (fits(patch, floor) holds): find the first that does not
-        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guess(
-            lambda i: _not(_le(estimator.predicted_peak_bytes(patch, floor + 1 + i), budget)), top - floor))
+        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guide(
+            lambda i: _not(_le(estimator.predicted_peak_bytes(patch, floor + 1 + i), budget))))
         batch = top if too_large is None else floor + too_large
         if batch < top:
             limited_by = "memory"
@@ -360,31 +375,22 @@ def _not(value: Optional[bool]) -> Optional[bool]:
     return None if value is None else not value
 
 
-def _first_true(n: int, predicate, guess: Optional[int] = None) -> Optional[int]:
+def _first_true(n: int, predicate, guess: Optional[Callable[[int, int], Optional[int]]] = None) -> Optional[int]:
     """Smallest i in [0, n) with predicate(i), for a predicate that is False...False True...True; None if none.
 
-    Bisects; with a guess, first gallops outwards from it to bracket the answer, so a close guess costs a few
-    evaluations of the (expensive) predicate.
+    Interpolation search: ``guess(lo, hi)`` names the index in [lo, hi) to evaluate next (None: the midpoint); it is
+    asked again after every evaluation of the (expensive) predicate. A guess that leaves more than half of the range
+    is followed by a bisection step, so at most about twice the evaluations of plain bisection are made.
     """
     lo, hi = 0, n  # the answer is in [lo, hi]; hi == n means "none found yet"
-    if guess is not None and n > 0:
-        g, step = min(max(guess, 0), n - 1), 1
-        if predicate(g):
-            hi = g
-            while hi - step >= 0 and predicate(hi - step):
-                hi -= step
-                step *= 2
-            lo = max(0, hi - step + 1)
-        else:
-            lo = g + 1
-            while lo + step - 1 < n and not predicate(lo + step - 1):
-                lo += step
-                step *= 2
-            hi = min(n, lo + step - 1)
+    bisect = False
     while lo < hi:
-        mid = (lo + hi) // 2
+        g = None if bisect or guess is None else guess(lo, hi)
+        mid = (lo + hi) // 2 if g is None else min(max(g, lo), hi - 1)
+        size = hi - lo
         if predicate(mid):
             hi = mid
         else:
             lo = mid + 1
+        bisect = g is not None and hi - lo > size // 2
     return lo if lo < n else None
