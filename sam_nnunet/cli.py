@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", "--trainers", nargs="+", required=True,
                    help="trainer names known to nnU-Net (nnUNetTrainer, SAMAdapterTrainer, ...)")
     p.add_argument("--encoder", nargs="+", default=None,
-                   help="encoder for the SAM trainers: NAME for all, or Trainer=NAME per trainer")
+                   help="encoder for the SAM trainers: NAME for all that adapt its family (the others keep their "
+                        "default, e.g. SAM 2's), or Trainer=NAME per trainer")
     p.add_argument("--checkpoint", nargs="+", default=None,
                    help="pretrained checkpoint: PATH for all SAM trainers, or Trainer=PATH per trainer")
     p.add_argument("--allow-random-init", action="store_true",

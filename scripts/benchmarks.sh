@@ -13,7 +13,8 @@
 #   VAL_ITERATIONS       nnU-Net's validation iterations per epoch (default: ITERATIONS / 5)
 #   NO_MIRRORING=1       predict without test-time mirroring
 #   TRAINERS             default: nnUNetTrainer and every trainer in sam_nnunet.trainers.__all__
-#   ENCODERS             per-trainer encoders, "Trainer=name ..." (default: vit_b for every SAM trainer)
+#   ENCODERS             encoders: "name" for every trainer of its family, "Trainer=name" for one (default: vit_b
+#                        for the SAM ViT trainers; SAM 2's keep their default, sam2.1_hiera_t)
 #   CHECKPOINTS          per-trainer checkpoints, "Trainer=/path ..." or one path for all; without any, SAM
 #                        trainers start from random weights (the table says so)
 #   WORK                 working folder (default benchmark_work: nnU-Net folders, models, predictions, logs)

@@ -133,6 +133,22 @@ def test_update_doc_needs_markers(tmp_path):
         update_document(str(doc), "table", [], str(doc))
 
 
+def test_an_encoder_for_all_goes_to_the_trainers_of_its_family():
+    from sam_nnunet.evaluation.benchmark import encoder_for
+
+    trainers = ["nnUNetTrainer", "SAMAdapterTrainer", "SAM3DMedTrainer", "SAM2_3dMedTrainer",
+                "SAM2_3dMedTrainer_noAux"]
+    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", trainers=trainers,
+                          encoders={"*": "vit_b", "SAM2_3dMedTrainer_noAux": "sam2_test"})
+    chosen = {t: encoder_for(s, t)["encoder"] for t in trainers}
+    # SAM 2's trainer keeps its default (no vit_b for it); a named one wins; nnU-Net's trainer ignores the variable
+    assert chosen == {"nnUNetTrainer": "vit_b", "SAMAdapterTrainer": "vit_b", "SAM3DMedTrainer": "vit_b",
+                      "SAM2_3dMedTrainer": None, "SAM2_3dMedTrainer_noAux": "sam2_test"}
+    s.encoders = {"*": "sam2.1_hiera_t"}
+    assert encoder_for(s, "SAM2_3dMedTrainer")["encoder"] == "sam2.1_hiera_t"
+    assert encoder_for(s, "SAMAdapterTrainer")["encoder"] is None
+
+
 def test_the_recorded_command_reproduces_the_settings():
     import shlex
 

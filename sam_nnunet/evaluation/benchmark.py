@@ -97,8 +97,25 @@ def check_inputs(s: BenchmarkSettings) -> None:
 
 
 def encoder_for(s: BenchmarkSettings, trainer: str) -> Dict[str, Optional[str]]:
-    return {"encoder": s.encoders.get(trainer, s.encoders.get("*")),
-            "checkpoint": s.checkpoints.get(trainer, s.checkpoints.get("*"))}
+    """The encoder and checkpoint a trainer runs with. ``Trainer=NAME`` names its own; an encoder given for all
+    (``--encoder vit_b``) goes to the trainers that adapt its family, and the others (SAM 2's) keep their default
+    encoder, so one name serves a run over every trainer."""
+    encoder = s.encoders.get(trainer)
+    if encoder is None and s.encoders.get("*") is not None and _adapts(trainer, s.encoders["*"]):
+        encoder = s.encoders["*"]
+    return {"encoder": encoder, "checkpoint": s.checkpoints.get(trainer, s.checkpoints.get("*"))}
+
+
+def _adapts(trainer: str, encoder: str) -> bool:
+    """Whether a sam-nnunet trainer adapts this encoder's family (True for a trainer or encoder we do not know: the
+    run says what is wrong)."""
+    from sam_nnunet.encoders.registry import ENCODERS
+    from sam_nnunet.info import trainer_classes
+
+    cls = trainer_classes().get(trainer)
+    if cls is None or encoder not in ENCODERS:
+        return True
+    return ENCODERS[encoder].family in tuple(cls.encoder_families)
 
 
 def worker_environment(s: BenchmarkSettings, trainer: str, results_dir: str) -> Dict[str, str]:
