@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         # surface-distance: DeepMind's NSD, the reference our MONAI-based NSD is tested against
-        "test": ["pytest>=7", "surface-distance==0.1", "sam2>=1.1.0,<2"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "surface-distance==0.1", "sam2>=1.1.0,<2"],
         # SAM 2 trainers (SAM2_3dMedTrainer). An extra, not a requirement: PyPI's `sam2` (Meta's code, uploaded by a
         # third party) is a source distribution whose build pulls PyTorch into pip's build environment and may try
         # to compile a CUDA extension; Meta's own `pip install git+https://github.com/facebookresearch/sam2` provides

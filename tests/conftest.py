@@ -20,8 +20,18 @@ for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_ra
     os.environ.pop(_var, None)
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.makedirs(os.environ[_key], exist_ok=True)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the cores shared among pytest-xdist's workers (their subprocesses, e.g. nnUNetv2_train, set their own)
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
+
+
+def pytest_collection_modifyitems(config, items):
+    # pytest-xdist (pytest.ini: -n 2 --dist loadgroup) sends each group to one worker, which builds the group's
+    # fixtures once: every test on the command-line dataset (cli_dataset: a minute of conversion and planning, and
+    # module fixtures on top of it) in one group, every other module in its own (its module fixtures stay together)
+    for item in items:
+        group = "cli_dataset" if "cli_dataset" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):

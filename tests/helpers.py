@@ -37,6 +37,18 @@ def write_coarse_plans(preprocessed: str, name: str = COARSE_PLANS) -> None:
         json.dump(plans, f, indent=2)
 
 
+def preprocess_coarse_plans(cli_dataset: dict) -> str:
+    """``write_coarse_plans`` for the shared ``cli_dataset`` and ``nnUNetv2_preprocess`` of it, once per session (the
+    tests that use LiteMedSAM on a CPU share it). Returns the plans name."""
+    env, raw = cli_dataset["env"], cli_dataset["raw"]
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))
+    if not os.path.isfile(os.path.join(preprocessed, COARSE_PLANS + ".json")):
+        write_coarse_plans(preprocessed)
+        run_cli(["nnUNetv2_preprocess", "-d", cli_dataset["dataset_id"], "-plans_name", COARSE_PLANS, "-c",
+                 "3d_fullres", "-np", 2], env)
+    return COARSE_PLANS
+
+
 def write_official_sam_checkpoint(path: str, name: str = "vit_test", seed: int = 0) -> dict:
     """A SAM checkpoint exactly as Meta publishes them: the plain state dict of ``Sam`` (image_encoder.*,
     prompt_encoder.*, mask_decoder.*), random but non-trivial weights. Returns the state dict."""

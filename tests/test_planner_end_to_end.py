@@ -1,8 +1,13 @@
 """``sam-nnunet plan_and_preprocess -pl SAMPlanner`` on the shared CLI dataset (MSD hippocampus cases converted with
 nnUNetv2_convert_MSD_dataset; a generated dataset without ../shared/data), then every SAM trainer trains on the
-plans through the stock ``nnUNetv2_train -p nnUNetSAMPlans``: SAMAdapterTrainer on 3d_fullres, every other trainer
-on its own configuration 3d_fullres_<Trainer>. Tiny random-weight encoders (vit_test, sam2_test), one epoch of one
-iteration each (nnU-Net's final validation included).
+plans: SAMAdapterTrainer on 3d_fullres and SAM3DMedTrainer on its own configuration 3d_fullres_SAM3DMedTrainer
+through the stock ``nnUNetv2_train -p nnUNetSAMPlans`` (one epoch of one iteration, nnU-Net's final validation
+included); every other trainer on its configuration 3d_fullres_<Trainer> in this process, as ``nnUNetv2_train`` builds
+it (nnU-Net's ``get_trainer_from_args``: the same trainer look-up, plans and configuration), for one training step
+on a batch of nnU-Net's data loader. The command line and the final validation are the same code for every trainer
+(tested with each trainer's default plans in its own end-to-end test); one step per trainer shows that each network
+builds from its planned configuration and trains at the planned patch and batch size. Tiny random-weight encoders
+(vit_test, sam2_test).
 
 Recipe-only variants (a subclass of a trainer that keeps its network class, e.g. SAM2_3dMedTrainer_noAux: other loss
 weights) are planned and checked against their method's configuration but not trained again: their command line,
@@ -10,6 +15,7 @@ network and step are their method's, and a SAM 2 run costs minutes on a CPU."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_cli as run
@@ -32,6 +38,8 @@ def recipe_variant_of(trainer: str):
 
 
 TRAINED = [t for t in TRAINERS if recipe_variant_of(t) is None]
+CLI_TRAINED = ["SAMAdapterTrainer", "SAM3DMedTrainer"]  # 3d_fullres, and a variant configuration
+STEPPED = [t for t in TRAINED if t not in CLI_TRAINED]
 
 
 def configuration_of(trainer: str) -> str:
@@ -84,8 +92,8 @@ def test_samplanner_sizes_a_configuration_for_every_trainer(cli_dataset, sam_pla
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", TRAINED)
-def test_every_trainer_trains_on_the_sam_plans_with_nnunet_cli(cli_dataset, cli_env, sam_plans, trainer):
+@pytest.mark.parametrize("trainer", CLI_TRAINED)
+def test_trainers_train_on_the_sam_plans_with_nnunet_cli(cli_dataset, cli_env, sam_plans, trainer):
     plans, configuration = sam_plans["plans"], configuration_of(trainer)
     name = os.path.basename(cli_dataset["raw"])
     planned = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
@@ -103,3 +111,39 @@ def test_every_trainer_trains_on_the_sam_plans_with_nnunet_cli(cli_dataset, cli_
     # what they derive from the labels) are the ones the memory estimate was traced with
     assert trained["architecture"]["arch_kwargs"] == planned["architecture"]["arch_kwargs"]
     assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", STEPPED)
+def test_every_other_trainer_takes_a_training_step_on_its_planned_configuration(cli_dataset, cli_env, sam_plans,
+                                                                                 trainer, monkeypatch):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    assert set(STEPPED) >= {"ZAP25DSAMTrainer", "SAM2_3dMedTrainer"}  # every other method is covered here
+    plans, configuration = sam_plans["plans"], configuration_of(trainer)
+    planned = {**plans["configurations"]["3d_fullres"], **plans["configurations"][configuration]}
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, cli_env[key])
+    for key, value in (("nnUNet_SAM_encoder", planned["sam_planner"]["encoder"]),
+                       ("nnUNet_SAM_allow_random_init", "1"), ("nnUNet_n_proc_DA", "0")):
+        monkeypatch.setenv(key, value)
+    nnunet_trainer = get_trainer_from_args(str(cli_dataset["dataset_id"]), configuration, 0, trainer, "nnUNetSAMPlans",
+                                           device=torch.device("cpu"))
+    assert type(nnunet_trainer).__name__ == trainer
+    nnunet_trainer.on_train_start()  # initialise: network, optimiser, data loaders (the plans written to results)
+    try:
+        batch = next(nnunet_trainer.dataloader_train)
+        assert list(batch["data"].shape[2:]) == planned["patch_size"]
+        assert batch["data"].shape[0] == planned["batch_size"]
+        frozen = {n: p.detach().clone() for n, p in nnunet_trainer.network.named_parameters() if not p.requires_grad}
+        loss = nnunet_trainer.train_step(batch)["loss"]
+        assert np.isfinite(loss)
+        assert all(torch.equal(p, frozen[n]) for n, p in nnunet_trainer.network.named_parameters() if n in frozen)
+    finally:
+        nnunet_trainer.on_train_end()  # saves checkpoint_final.pth, stops the data loaders
+    model = os.path.join(cli_env["nnUNet_results"], os.path.basename(cli_dataset["raw"]),
+                         f"{trainer}__nnUNetSAMPlans__{configuration}")
+    trained = json.load(open(os.path.join(model, "plans.json")))["configurations"][configuration]
+    # the trainer kept the planned network: its arguments are the ones the memory estimate was traced with
+    assert trained["architecture"]["arch_kwargs"] == planned["architecture"]["arch_kwargs"]
+    assert os.path.isfile(os.path.join(model, "fold_0", "checkpoint_final.pth"))

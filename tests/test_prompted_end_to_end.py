@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import COARSE_PLANS, run_cli, write_coarse_plans
+from helpers import COARSE_PLANS, preprocess_coarse_plans, run_cli
 
 from sam_nnunet.prompts.prompt_file import load_prompts
 
@@ -33,11 +33,7 @@ def trained(request, cli_dataset, tmp_path_factory, tiny_sam_checkpoint):
     dataset_id, raw = cli_dataset["dataset_id"], cli_dataset["raw"]
     train_env = dict(env, nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="2")
     if setup["plans"] == COARSE_PLANS:
-        preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))
-        if not os.path.isfile(os.path.join(preprocessed, COARSE_PLANS + ".json")):
-            write_coarse_plans(preprocessed)
-            run_cli(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", COARSE_PLANS, "-c", "3d_fullres",
-                     "-np", 2], env)
+        preprocess_coarse_plans(cli_dataset)
         train_env.update(nnUNet_SAM_encoder="litemedsam", nnUNet_n_proc_DA="0")
     else:
         train_env.update(nnUNet_SAM_checkpoint=tiny_sam_checkpoint[0])

@@ -351,7 +351,7 @@ def test_stock_cli_trains_and_predicts(cli_dataset, cli_env, tmp_path):
 
     env, dataset_id, raw = cli_env, cli_dataset["dataset_id"], cli_dataset["raw"]
     train_env = dict(env, nnUNet_SAM_encoder="sam2_test", nnUNet_SAM_allow_random_init="1",
-                     nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="2", nnUNet_n_proc_DA="0")
+                     nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="1", nnUNet_n_proc_DA="0")
     run_cli(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], train_env)
     model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres")
     arch = json.load(open(os.path.join(model, "plans.json")))["configurations"]["3d_fullres"]["architecture"]
