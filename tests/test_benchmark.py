@@ -20,6 +20,8 @@ def test_parse_per_trainer():
         "SAMAdapterTrainer": "vit_test", "*": "vit_b"}
     with pytest.raises(ValueError, match="Trainer=NAME"):
         parse_per_trainer(["SAMAdapterTrainer="], "--encoder")
+    with pytest.raises(ValueError, match="both for every trainer"):
+        parse_per_trainer(["vit_b", "sam2.1_hiera_t"], "--encoder")  # a second name would silently win
 
 
 def test_settings_are_checked(synthetic_dataset):

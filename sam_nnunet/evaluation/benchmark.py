@@ -273,5 +273,8 @@ def parse_per_trainer(values: Optional[List[str]], what: str) -> Dict[str, str]:
             trainer, name = "*", v
         if not name:
             raise ValueError(f"{what} {v!r}: give NAME or Trainer=NAME")
+        if trainer in parsed:
+            raise ValueError(f"{what}: {parsed[trainer]!r} and {name!r} both for "
+                             f"{'every trainer' if trainer == '*' else trainer}; give one NAME, or Trainer=NAME each")
         parsed[trainer] = name
     return parsed
