@@ -25,16 +25,6 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    # pytest-xdist (pytest.ini: -n 2 --dist loadgroup) sends each group to one worker, which builds the group's
-    # fixtures once: every test on the command-line dataset (cli_dataset: a minute of conversion and planning, and
-    # module fixtures on top of it) in one group, every other module in its own (its module fixtures stay together)
-    for item in items:
-        group = "cli_dataset" if "cli_dataset" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
 
