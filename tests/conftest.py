@@ -25,6 +25,18 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 
 
 
+# pytest-xdist (pytest.ini: -n 2 --dist loadfile) hands whole files to the workers in collection order: the longest
+# first (measured on 2 cores), so that the two workers finish together instead of one running the last long file alone
+LONGEST_FIRST = ("test_decathlon.py", "test_sam2_3dmed.py", "test_prompted_end_to_end.py", "test_planner_end_to_end.py",
+                 "test_end_to_end.py", "test_benchmark.py", "test_planner_memory.py", "test_zap25d_end_to_end.py",
+                 "test_sam3dmed_end_to_end.py", "test_cuda_check.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
 
