@@ -1,6 +1,7 @@
 """Reading and loading SAM checkpoints: official layout round trip, resizing, and every bad-checkpoint case."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,39 @@ def test_checkpoint_of_another_size_or_damaged_layout(tiny_sam_checkpoint, tmp_p
         load_submodule_state(encoder, missing, "image_encoder.")
     with pytest.raises(CheckpointError, match="no 'image_encoder.\\*' weights"):
         load_submodule_state(encoder, {"mask_decoder.x": torch.zeros(1)}, "image_encoder.")
+
+
+def test_random_bytes_are_not_a_checkpoint_to_download_again(tmp_path, sam_env):
+    # torch's weights-only unpickler answers most random files with "Unsupported operand", which read as if the
+    # file held objects; the user must hear "download again"
+    rng = np.random.default_rng(0)
+    files = [rng.bytes(4096) for _ in range(20)]
+    files.append(b"\x80\x02" + rng.bytes(4094))  # starts like a legacy torch pickle
+    for i, content in enumerate(files):
+        path = tmp_path / f"random_{i}.pth"
+        path.write_bytes(content)
+        sam_env.setenv("nnUNet_SAM_checkpoint", str(path))
+        with pytest.raises(CheckpointError) as info:
+            choose_encoder("SAMAdapterTrainer", ("sam_vit",))
+        message = str(info.value)
+        assert "not a readable PyTorch checkpoint" in message and "download it again" in message, (i, message)
+        assert "objects other than tensors" not in message, (i, message)
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_tensors(tiny_sam_checkpoint, tmp_path, sam_env):
+    _, state = tiny_sam_checkpoint
+    broken = {k: v.clone() for k, v in state.items()}
+    float_keys = [k for k, v in broken.items() if v.is_floating_point()]
+    first, second = float_keys[3], float_keys[10]
+    broken[first].view(-1)[:2] = float("nan")
+    broken[second].view(-1)[0] = float("inf")
+    path = tmp_path / "sam_nan.pth"
+    torch.save(broken, path)  # the official layout, two damaged tensors
+    sam_env.setenv("nnUNet_SAM_checkpoint", str(path))
+    with pytest.raises(CheckpointError) as info:
+        choose_encoder("SAMAdapterTrainer", ("sam_vit",))
+    message = str(info.value)
+    assert f"in 2 of its {len(state)} tensors" in message
+    assert f"{first} (2 NaN, 0 Inf" in message and f"{second} (0 NaN, 1 Inf" in message
+    assert message.index(first) < message.index(second)  # in the checkpoint's order
+    assert "download it again" in message

@@ -7,7 +7,7 @@ import hashlib
 import os
 import pickle
 import zipfile
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -44,6 +44,53 @@ def _unwrap(obj, path: str) -> Dict[str, torch.Tensor]:
     return obj
 
 
+def _looks_like_torch_file(path: str) -> bool:
+    """torch.save writes a zip archive (PK..) or, before 1.6, a pickle (protocol 2: 0x80 0x02); random bytes or a
+    text file are neither, and torch's error for them ("unsupported operand", "objects other than tensors") would
+    send the user the wrong way."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _refused_for_objects(error: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused a global/class (objects other than tensors), rather than a
+    broken pickle stream."""
+    text = str(error)
+    details = text[text.find("WeightsUnpickler error:"):] if "WeightsUnpickler error:" in text else text
+    return "GLOBAL" in details or "add_safe_globals" in details or "Can only build" in details or \
+        "Can only create new object" in details
+
+
+def nonfinite_tensors(state: Dict[str, torch.Tensor]) -> List[Tuple[str, int, int]]:
+    """(name, NaN count, Inf count) of every floating-point tensor holding NaN or Inf, in the state dict's order."""
+    found = []
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        if bool(torch.isfinite(tensor).all()):  # the common case: one pass, no counts
+            continue
+        found.append((name, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())))
+    return found
+
+
+def refuse_nonfinite(state: Dict[str, torch.Tensor], path: str, env_var: str = "nnUNet_SAM_checkpoint",
+                     show: int = 3) -> None:
+    """CheckpointError naming the first tensors with NaN or Inf: trained from them, every loss is NaN and the
+    validation Dice 0, with nothing said about the weights."""
+    bad = nonfinite_tensors(state)
+    if not bad:
+        return
+    named = "; ".join(f"{name} ({n_nan} NaN, {n_inf} Inf of {state[name].numel()} values)"
+                      for name, n_nan, n_inf in bad[:show])
+    more = f"; and {len(bad) - show} more" if len(bad) > show else ""
+    raise CheckpointError(
+        f"{env_var}={path} holds NaN or Inf values in {len(bad)} of its {len(state)} tensors: {named}{more}. "
+        f"Training from these weights would give NaN losses and a Dice of 0. The file is damaged or was saved "
+        f"from a diverged training: download it again (compare its sha256) or use another checkpoint; "
+        f"{WHERE_TO_GET}.")
+
+
 def read_state_dict(path: Optional[str], env_var: str = "nnUNet_SAM_checkpoint",
                     mmap: bool = True) -> Dict[str, torch.Tensor]:
     """Load a state dict from ``path`` safely (``weights_only=True``), memory-mapped where the format allows.
@@ -60,12 +107,17 @@ def read_state_dict(path: Optional[str], env_var: str = "nnUNet_SAM_checkpoint",
     if os.path.isdir(path):
         raise CheckpointError(f"{env_var}={path} is a directory. Point it at the checkpoint file itself "
                               f"(for example .../sam_vit_b_01ec64.pth).")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"{env_var}={path} is not a readable PyTorch checkpoint: it is neither a zip archive nor a pickle, as "
+            f"every file written by torch.save is (a damaged or incomplete download, or another file): download it "
+            f"again and check its size and sha256; {WHERE_TO_GET}.")
     # mmap only works for the zip format written by torch.save since 1.6; older files are read normally
     use_mmap = mmap and zipfile.is_zipfile(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # a text file or another format, not a pickle of objects
+        if not _refused_for_objects(e):  # a damaged pickle stream (bad opcodes), not a pickle of objects
             raise CheckpointError(
                 f"{env_var}={path} is not a readable PyTorch checkpoint. The file may be truncated or of another "
                 f"format: download it again and check its size; {WHERE_TO_GET}.") from None

@@ -5,7 +5,8 @@ from typing import Dict, Iterable, Optional
 import torch
 
 from sam_nnunet import settings
-from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET, read_state_dict, sha256_of_file
+from sam_nnunet.encoders.checkpoint import (CheckpointError, WHERE_TO_GET, read_state_dict, refuse_nonfinite,
+                                            sha256_of_file)
 from sam_nnunet.encoders.registry import EncoderSpec, get_encoder, identify_checkpoint
 
 DEFAULT_ENCODER = "vit_b"
@@ -45,6 +46,7 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
     if path:
         state = read_state_dict(path)
         spec = identify_checkpoint(state, path)
+        refuse_nonfinite(state, path)
         if named_spec is not None and named_spec.name != spec.name:
             raise CheckpointError(
                 f"{settings.CHECKPOINT}={path} is a {spec.name} checkpoint but {settings.ENCODER}={named}. "
@@ -57,7 +59,9 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
     check_family(method, spec, families)
     if spec.packaged_checkpoint is not None:
         packaged = spec.packaged_checkpoint()
-        return PretrainedChoice(spec, packaged, read_state_dict(packaged, env_var=f"packaged {spec.name} weights"))
+        state = read_state_dict(packaged, env_var=f"packaged {spec.name} weights")
+        refuse_nonfinite(state, packaged, env_var=f"packaged {spec.name} weights")
+        return PretrainedChoice(spec, packaged, state)
     return PretrainedChoice(spec)
 
 
