@@ -51,6 +51,18 @@ def test_malformed_files_name_the_problem(data, message):
         parse_prompts(data, "prompts.json")
 
 
+def test_nan_or_infinite_click_names_case_and_click(tmp_path):
+    path = tmp_path / "prompts.json"
+    # what json.dump writes for float("nan") / float("inf"), and json.load reads back as floats
+    path.write_text('{"coordinates": "voxel", "cases": {"hippocampus_001": [{"point": [3, 4, 5], "class": 1}, '
+                    '{"point": [3, NaN, 5], "class": 1}]}}')
+    with pytest.raises(PromptFileError, match=r"case 'hippocampus_001', click 1: \"point\" \[3, nan, 5\] is not a "
+                                              r"position \(NaN or Infinity\)"):
+        load_prompts(str(path))
+    with pytest.raises(PromptFileError, match=r"case 'b', click 0: \"point\" \[1, 2, inf\] is not a position"):
+        parse_prompts({"coordinates": "world", "cases": {"b": [{"point": [1, 2, float("inf")], "class": 1}]}})
+
+
 def test_unreadable_files(tmp_path):
     with pytest.raises(PromptFileError, match="does not exist"):
         load_prompts(str(tmp_path / "missing.json"))

@@ -18,6 +18,7 @@ Format (JSON; documentation/prompts.md has the full description):
 defaults to true.
 """
 import json
+import math
 from dataclasses import dataclass
 from numbers import Real
 from typing import Dict, List, Union
@@ -61,6 +62,10 @@ def _click(raw, where: str) -> Click:
     if not isinstance(point, list) or len(point) != 3 or not all(
             isinstance(v, Real) and not isinstance(v, bool) for v in point):
         raise PromptFileError(f"{where}: \"point\" must be three numbers [x, y, z], not {point!r}")
+    if not all(math.isfinite(v) for v in point):
+        # JSON readers accept NaN / Infinity; such a click lies nowhere and would be dropped without a word
+        raise PromptFileError(f"{where}: \"point\" {point!r} is not a position (NaN or Infinity); give three "
+                              f"finite coordinates or remove the click")
     label = raw["class"]
     if isinstance(label, bool) or not isinstance(label, (int, str)):
         raise PromptFileError(f"{where}: \"class\" must be a label name or integer value, not {label!r}")
