@@ -29,6 +29,7 @@ from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
 from sam_nnunet.trainers.schedulers import LinearDecayLR
 
 
@@ -47,6 +48,7 @@ class SAMTrainerBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        keep_requested_device(self, device)  # nnU-Net's DDP path would move a CPU trainer to cuda:<rank>
         self.enable_deep_supervision = False
         self.initial_lr = self.sam_initial_lr
         self.weight_decay = self.sam_weight_decay
@@ -131,7 +133,8 @@ class SAMTrainerBase(nnUNetTrainer):
             raise UserFacingExit(refuse_random_init_message(
                 self.__class__.__name__, self.sam_choice.encoder.name,
                 *((self.checkpoint_example,) if self.checkpoint_example else ())))
-        super().initialize()
+        with device_agnostic_ddp():
+            super().initialize()
         report = self.sam_network.parameter_report()
         self.print_to_log_file(
             f"{self.__class__.__name__}: encoder {self.sam_choice.encoder.name}, parameters: "
