@@ -221,3 +221,74 @@ def test_labels_from_a_decathlon_dataset_json(folders, tmp_path):
         json.dump({"labels": {"a": 1}, "file_ending": ".nii.gz"}, f)  # no background: nnU-Net refuses it
     with pytest.raises(ValueError, match="give the labels with -l"):
         evaluate(ref_dir, pred_dir, str(tmp_path / "s.json"))
+
+
+# ---- geometry: a prediction in another grid is refused, naming case and cause -------------------------------------
+def _write_image(array: np.ndarray, path: str, spacing_xyz, origin=(0.0, 0.0, 0.0), direction=None) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing_xyz))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    if direction is not None:
+        image.SetDirection(tuple(float(d) for d in direction))
+    sitk.WriteImage(image, path)
+
+
+def test_geometry_mismatches_are_refused_one_message_each(folders, tmp_path):
+    from sam_nnunet.cli import main
+    from sam_nnunet.errors import UserFacingExit
+
+    ref_dir, pred_dir = folders
+    ref_a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_dir, "a.nii.gz")))
+    spacing_xyz = SPACING[::-1]
+    # a: axes transposed (a numpy (z, y, x) array written as (x, y, z))
+    _write_image(np.ascontiguousarray(ref_a.T), os.path.join(pred_dir, "a.nii.gz"), spacing_xyz)
+    # b: origin shifted by 50 mm along z, same voxels
+    ref_b = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_dir, "b.nii.gz")))
+    _write_image(ref_b, os.path.join(pred_dir, "b.nii.gz"), spacing_xyz, origin=(0, 0, 50))
+    with pytest.raises(ValueError) as info:
+        evaluate_folders(ref_dir, pred_dir, [1, 2], str(tmp_path / "s.json"))
+    message = str(info.value)
+    assert "2 geometry mismatch(es)" in message
+    lines = [line.strip() for line in message.splitlines() if line.strip().startswith("case ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("case a: the prediction has (20, 32, 32) voxels, the reference (32, 32, 20)")
+    assert "Likely cause: transposed axes" in lines[0]
+    assert lines[0].count("spacing (0.5, 1, 3) mm") == 2 and lines[0].count("direction (1, 0, 0, 0, 1, 0, 0, 0, 1)") == 2
+    assert lines[1].startswith("case b: origin (0, 0, 50) mm, the reference (0, 0, 0) mm (50 mm apart")
+    assert "Likely cause: wrong folder" in lines[1]
+    assert not os.path.exists(tmp_path / "s.json")  # nothing scored
+    # the command line: one clear message, no traceback
+    with pytest.raises(UserFacingExit, match="case a: the prediction has"):
+        main(["evaluate", "-ref", ref_dir, "-pred", pred_dir, "-o", str(tmp_path / "c.json"), "-l", "1"])
+
+
+def test_prediction_at_2mm_against_1mm_reference_is_refused(tmp_path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    ref = box([4, 4, 4], [12, 12, 12], shape=(16, 16, 16))
+    _write_image(ref, str(ref_dir / "case_1.nii.gz"), (1, 1, 1))
+    _write_image(ref[::2, ::2, ::2], str(pred_dir / "case_1.nii.gz"), (2, 2, 2))  # resampled to 2 mm
+    with pytest.raises(ValueError, match=r"case case_1: the prediction has \(8, 8, 8\) voxels, the reference "
+                                         r"\(16, 16, 16\) \(prediction size \(8, 8, 8\), spacing \(2, 2, 2\) mm.*"
+                                         r"reference size \(16, 16, 16\), spacing \(1, 1, 1\) mm.*Likely cause: "
+                                         r"another resampling"):
+        evaluate_folders(str(ref_dir), str(pred_dir), [1], str(tmp_path / "s.json"))
+    # the same voxels with a 2 mm header: the spacing alone differs
+    _write_image(ref, str(pred_dir / "case_1.nii.gz"), (2, 2, 2))
+    with pytest.raises(ValueError, match=r"case case_1: spacing \(2, 2, 2\) mm, the reference \(1, 1, 1\) mm"):
+        evaluate_folders(str(ref_dir), str(pred_dir), [1], str(tmp_path / "s.json"))
+
+
+def test_float_noise_in_the_headers_is_accepted(tmp_path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    ref = box([4, 4, 4], [12, 12, 12], shape=(16, 16, 16))
+    direction = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # oblique: not the identity
+    _write_image(ref, str(ref_dir / "case_1.nii.gz"), (0.8, 0.8, 2.5), (-120.25, 80.5, 33.0), direction)
+    noisy_direction = tuple(d + 3e-7 for d in direction)
+    _write_image(ref, str(pred_dir / "case_1.nii.gz"), (0.8 * (1 + 2e-6), 0.8, 2.5 * (1 - 2e-6)),
+                 (-120.25 + 2e-4, 80.5 - 1e-4, 33.0 + 3e-5), noisy_direction)
+    summary = evaluate_folders(str(ref_dir), str(pred_dir), [1], str(tmp_path / "s.json"))
+    assert summary["mean"][1]["Dice"] == 1.0 and summary["mean"][1]["HD95"] == 0.0

@@ -7,14 +7,21 @@ image's spacing. Means follow nnU-Net: ``mean[label][metric]`` is the mean over 
 averages the cases where the label is present in the reference or the prediction); ``foreground_mean`` averages
 the label means except label 0. NSD and HD95 are never NaN (see ``surface``), so their means use every case.
 ``cases_counted`` says for every label and metric how many cases entered the mean.
+
+Before any metric, every prediction's geometry (size, spacing, origin, direction, read from the file headers) is
+compared with its reference's: metrics of a prediction in another geometry are meaningless, and nnU-Net's own
+evaluation would either crash on the shapes or score it silently. Every mismatch is reported, one line each, with
+its case and likely cause. nnU-Net has no opt-out for this, neither has sam-nnunet.
 """
 import csv
 import multiprocessing
 import numbers
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 
 from sam_nnunet.evaluation.surface import HD95_KEY, NSD_KEY, surface_metrics
 
@@ -41,17 +48,110 @@ def file_ending_of(folder: str) -> str:
     return os.path.splitext(names[0])[1]
 
 
+# float noise of headers (float32 NIfTI fields, converters): far below any real difference of grids
+SPACING_RTOL = 1e-4         # relative
+ORIGIN_TOLERANCE = 0.01     # fraction of the smallest voxel size
+DIRECTION_ATOL = 1e-4       # direction cosines (~0.006 degrees)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An image's grid from its header: along the file's axes i, j, k (SimpleITK's x, y, z)."""
+    size: Tuple[int, ...]
+    spacing: Tuple[float, ...]                  # mm
+    origin: Optional[Tuple[float, ...]]         # mm, world position of voxel (0, 0, 0); None: format without one
+    direction: Optional[Tuple[float, ...]]      # direction cosines, row-major; None: format without one
+
+
+def read_geometry(path: str, reader_writer=None) -> Geometry:
+    """The header of ``path`` (SimpleITK, no voxels read); formats SimpleITK cannot read go through nnU-Net's
+    ``reader_writer`` (array axes, spacing only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        if reader_writer is None:
+            raise
+        seg, properties = reader_writer.read_seg(path)
+        return Geometry(tuple(int(v) for v in seg.shape[1:]), tuple(float(v) for v in properties["spacing"]),
+                        None, None)
+    return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                    tuple(reader.GetDirection()))
+
+
+def _fmt(values: Optional[Sequence[float]], digits: int = 4) -> str:
+    # (+ 0.0: no "-0" in messages)
+    return "none" if values is None else "(" + ", ".join(f"{float(v) + 0.0:.{digits}g}" for v in values) + ")"
+
+
+def geometry_mismatches(case: str, reference: Geometry, prediction: Geometry) -> List[str]:
+    """One message per mismatch of ``prediction`` against ``reference`` (size, spacing, origin, direction), each
+    naming the case, both grids and the likely cause; empty when they agree within float noise."""
+    both = (f"prediction size {prediction.size}, spacing {_fmt(prediction.spacing)} mm, direction "
+            f"{_fmt(prediction.direction, 3)}; reference size {reference.size}, spacing {_fmt(reference.spacing)} "
+            f"mm, direction {_fmt(reference.direction, 3)}")
+    same_spacing = len(prediction.spacing) == len(reference.spacing) and np.allclose(
+        prediction.spacing, reference.spacing, rtol=SPACING_RTOL, atol=0)
+    problems = []
+    if prediction.size != reference.size:
+        if sorted(prediction.size) == sorted(reference.size):
+            cause = ("transposed axes: the prediction's axes are in another order (an array written without "
+                     "nnU-Net's export, e.g. (z, y, x) saved as (x, y, z))")
+        elif not same_spacing:
+            cause = ("another resampling: the prediction is on another grid (e.g. at the planned or preprocessed "
+                     "spacing) instead of the reference image's")
+        else:
+            cause = "wrong folder: a prediction of another image, or of a cropped one"
+        problems.append(f"case {case}: the prediction has {prediction.size} voxels, the reference "
+                        f"{reference.size} ({both}). Likely cause: {cause}")
+    elif not same_spacing:
+        problems.append(f"case {case}: spacing {_fmt(prediction.spacing)} mm, the reference "
+                        f"{_fmt(reference.spacing)} mm on the same number of voxels ({both}). Likely cause: another "
+                        f"resampling, or a header written by another tool")
+    if prediction.origin is not None and reference.origin is not None:
+        offset = np.asarray(prediction.origin, float) - np.asarray(reference.origin, float)
+        if float(np.abs(offset).max()) > ORIGIN_TOLERANCE * min(reference.spacing):
+            problems.append(f"case {case}: origin {_fmt(prediction.origin)} mm, the reference "
+                            f"{_fmt(reference.origin)} mm ({float(np.linalg.norm(offset)):.4g} mm apart; {both}). "
+                            f"Likely cause: wrong folder (the images of another case or dataset), or images cropped "
+                            f"or shifted before prediction")
+    if prediction.direction is not None and reference.direction is not None and not (
+            len(prediction.direction) == len(reference.direction) and
+            np.allclose(prediction.direction, reference.direction, rtol=0, atol=DIRECTION_ATOL)):
+        problems.append(f"case {case}: direction {_fmt(prediction.direction, 3)}, the reference "
+                        f"{_fmt(reference.direction, 3)} ({both}). Likely cause: transposed or reoriented axes "
+                        f"(e.g. reoriented to RAS by another tool)")
+    return problems
+
+
+def check_geometries(reference_folder: str, prediction_folder: str, files: Sequence[str], file_ending: str,
+                     reader_writer=None) -> None:
+    """ValueError listing every mismatch (see :func:`geometry_mismatches`) of ``files`` (names in both folders)."""
+    problems = []
+    for f in files:
+        case = f[:-len(file_ending)] if file_ending and f.endswith(file_ending) else f
+        problems += geometry_mismatches(case, read_geometry(os.path.join(reference_folder, f), reader_writer),
+                                        read_geometry(os.path.join(prediction_folder, f), reader_writer))
+    if problems:
+        raise ValueError(
+            f"{len(problems)} geometry mismatch(es) between the predictions in {prediction_folder} and the "
+            f"references in {reference_folder}; metrics would be meaningless:\n  " + "\n  ".join(problems) +
+            "\nPredictions must be in the reference images' geometry, as nnUNetv2_predict writes them from the "
+            "raw images: compare the right folders, or predict again from the original images.")
+
+
 def evaluate_case(reference_file: str, prediction_file: str, reader_writer, labels_or_regions: List[LabelOrRegion],
                   ignore_label: Optional[int], tolerance_mm: float) -> dict:
     """nnU-Net's metrics of one case, with NSD and HD95 added to each label's entry."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_label_to_mask
 
-    result = compute_metrics(reference_file, prediction_file, reader_writer, labels_or_regions, ignore_label)
     seg_ref, properties = reader_writer.read_seg(reference_file)
     seg_pred, _ = reader_writer.read_seg(prediction_file)
-    if seg_ref.shape != seg_pred.shape:
+    if seg_ref.shape != seg_pred.shape:  # (evaluate_folders checked the headers already)
         raise ValueError(f"{prediction_file} has shape {seg_pred.shape[1:]}, its reference {reference_file} "
                          f"{seg_ref.shape[1:]}: predictions must be in the reference image's geometry")
+    result = compute_metrics(reference_file, prediction_file, reader_writer, labels_or_regions, ignore_label)
     seg_ref, seg_pred = seg_ref[0], seg_pred[0]  # (1, z, y, x) -> (z, y, x)
     spacing = [float(s) for s in properties["spacing"]]
     keep = None if ignore_label is None else seg_ref != ignore_label
@@ -125,6 +225,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels_or_re
         reader_writer = determine_reader_writer_from_file_ending(
             file_ending, os.path.join(reference_folder, references[0]), allow_nonmatching_filename=True,
             verbose=False)()
+    check_geometries(reference_folder, prediction_folder, predictions, file_ending, reader_writer)
     jobs = [(os.path.join(reference_folder, f), os.path.join(prediction_folder, f), reader_writer,
              labels_or_regions, ignore_label, tolerance_mm) for f in predictions]
     num_processes = max(1, min(num_processes, len(jobs)))
