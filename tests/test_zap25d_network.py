@@ -91,16 +91,27 @@ def test_decoder_equals_sams_own_decoder(tiny_sam_checkpoint):
     assert masks.shape == (2, 3, 20, 28)
 
 
-def _reference_forward(net, x):
-    """ZAP written out slice by slice: every upsampled slice patch-embedded on its own, 4 averaged, encoded."""
+# The published code's images of a crop img (C, D, H, W) (ZAP-2.5DSAM train.py), slices first, and the inverse
+# permutation that puts (slices, k, rows, columns) logits back as (k, D, H, W).
+PUBLISHED_PLANES = {2: ((1, 0, 2, 3), (1, 0, 2, 3)),   # axial: H rows x W columns
+                    3: ((2, 0, 3, 1), (1, 3, 0, 2)),   # coronal: W rows x D columns
+                    4: ((3, 0, 1, 2), (1, 2, 3, 0))}   # sagittal: D rows x H columns
+LEGACY_PLANES = {2: PUBLISHED_PLANES[2], 3: ((2, 0, 1, 3), (1, 2, 0, 3)), 4: PUBLISHED_PLANES[4]}  # coronal D x W
+
+
+def _reference_forward(net, x, planes=PUBLISHED_PLANES):
+    """ZAP written out slice by slice in the published code's layout: each plane's images cut from every sample with
+    the paper's permutes, every upsampled slice patch-embedded on its own, 4 averaged, encoded, decoded, put back."""
     pool, vit = net.pool, net.encoder.vit
     padded = F.pad(x, [p for s in reversed(x.shape[2:]) for p in (0, (-s) % pool)])
     image = padded.expand(-1, 3, -1, -1, -1)
     total = 0
     for axis in (2, 3, 4):
+        forward, backward = planes[axis]
+        stacks = torch.stack([image[i].permute(forward) for i in range(image.shape[0])])  # (B, S, 3, a, b)
         pseudo = []
-        for g in range(image.shape[axis] // pool):
-            slices = [image.select(axis, g * pool + j) for j in range(pool)]  # (B, 3, a, b)
+        for g in range(stacks.shape[1] // pool):
+            slices = [stacks[:, g * pool + j] for j in range(pool)]  # (B, 3, a, b)
             embedded = [vit.patch_embed(F.interpolate(s, scale_factor=4, mode="bilinear", align_corners=False))
                         for s in slices]
             tokens = torch.stack(embedded).mean(0)
@@ -111,9 +122,9 @@ def _reference_forward(net, x):
             pe = net.prompt_encoder.pe_layer(tuple(embedding.shape[-2:])).unsqueeze(0)
             dense = net.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
             pseudo.append(net.decoder(embedding, pe, dense))  # (B, k, a, b)
-        logits = F.interpolate(torch.stack(pseudo, 2), scale_factor=(pool, 1, 1), mode="trilinear",
-                               align_corners=False)
-        total = total + logits.movedim(2, axis)
+        logits = torch.stack([torch.stack(pseudo, 1)[i].permute(backward) for i in range(image.shape[0])])
+        size = [n * (pool if d + 2 == axis else 1) for d, n in enumerate(logits.shape[2:])]
+        total = total + F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
     total = total[..., :x.shape[2], :x.shape[3], :x.shape[4]]
     return torch.cat([torch.zeros_like(total[:, :1]), total], 1)
 
@@ -123,6 +134,45 @@ def test_forward_equals_the_slice_by_slice_reference(tiny_sam_checkpoint):
     x = torch.randn(2, 1, 9, 12, 6)  # padded to 12x12x8: 3 + 3 + 2 pseudo-slices per sample
     with torch.no_grad():
         torch.testing.assert_close(net(x), _reference_forward(net, x), rtol=1e-4, atol=1e-4)
+
+
+def test_each_plane_is_oriented_as_the_published_code(tiny_sam_checkpoint):
+    """Each plane's images against the paper's permutes: the encoder is not transpose-equivariant, so a transposed
+    plane gives other embeddings (the coronal plane of sam-nnunet 0.1, layout 1, was D x W instead of W x D)."""
+    net = _loaded(tiny_sam_checkpoint, classes=2, channels=3, window_size=16).eval()
+    x = torch.randn(1, 3, 8, 12, 16)  # three channels: the images are x itself; every size distinct
+    with torch.no_grad():
+        planes, _ = net.embed(x)
+        for axis, (forward, _) in PUBLISHED_PLANES.items():
+            images = x[0].permute(forward)  # (S, 3, a, b)
+            expected = net.encoder(images.unflatten(0, (-1, net.pool)))
+            assert planes[axis].slice_shape == tuple(images.shape[-2:])
+            torch.testing.assert_close(planes[axis].embeddings, expected, rtol=1e-5, atol=1e-5)
+        coronal = x[0].permute(LEGACY_PLANES[3][0])
+        transposed = net.encoder(coronal.unflatten(0, (-1, net.pool)))
+        assert (transposed.mean((-2, -1)) - planes[3].embeddings.mean((-2, -1))).abs().amax() > 1e-3
+
+
+def test_models_of_the_old_layout_keep_it(tiny_sam_checkpoint):
+    """An nnU-Net checkpoint of sam-nnunet 0.1 records no layout: loaded into a new network it runs with layout 1
+    (coronal D x W, as it was trained); a new model's layout travels with its weights."""
+    net = _loaded(tiny_sam_checkpoint, classes=3, window_size=16).eval()
+    assert net.plane_layout == 2 and net.state_dict()["_extra_state"]["plane_layout"] == 2
+    old = net.state_dict()
+    old["_extra_state"] = {k: v for k, v in old["_extra_state"].items() if k != "plane_layout"}
+    rebuilt = ZAP25DNetwork(1, 3, "vit_test", window_size=16)
+    rebuilt.load_state_dict(old)
+    assert rebuilt.plane_layout == 1 and "plane_layout" not in rebuilt.pretrained_info
+    x = torch.randn(1, 1, 8, 12, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), _reference_forward(net, x, LEGACY_PLANES), rtol=1e-4,
+                                   atol=1e-4)
+        assert (rebuilt(x) - net(x)).abs().amax() > 1e-4
+    again = ZAP25DNetwork(1, 3, "vit_test", window_size=16)
+    again.load_state_dict(rebuilt.state_dict())
+    assert again.plane_layout == 1
+    with pytest.raises(ValueError, match="plane_layout"):
+        ZAP25DNetwork(1, 3, "vit_test", plane_layout=3)
 
 
 def test_one_foreground_class_softmax_is_the_papers_sigmoid(tiny_sam_checkpoint):

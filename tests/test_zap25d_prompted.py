@@ -59,8 +59,9 @@ def test_a_click_is_encoded_at_the_position_of_its_voxel_on_every_plane():
     prompts = net.plane_prompts(clicks, labels, spatial)
     positive = net.prompt_encoder.point_embeddings[1].weight[0]
     for axis in (2, 3, 4):
-        sparse, has_click = prompts[axis]
+        sparse, present, has_click = prompts[axis]
         assert sparse.shape == (2, 3, 256) and has_click.tolist() == [True]  # (B * k, N + SAM's padding point, C)
+        assert present.all()  # label-based: every click speaks to every output; SAM's padding point is kept
         rows, cols = plane_axes(axis)
         a, b = padded[rows], padded[cols]
         assert net.encoder.grid(a, b) == (a, b)
@@ -69,6 +70,50 @@ def test_a_click_is_encoded_at_the_position_of_its_voxel_on_every_plane():
             row, col = clicks[0, n, rows].long(), clicks[0, n, cols].long()
             torch.testing.assert_close(sparse[j, n] - positive, image_pe[:, row, col], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(sparse[0, 2], net.prompt_encoder.not_a_point_embed.weight[0])
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_empty_click_slots_do_not_change_the_prediction(regions):
+    """One click with 0, 2 or 7 empty slots after it (and, region-based, a click on another region, which says
+    nothing to this one): the same logits, as the published model with that one click (no padding token but SAM's
+    own). Before, every empty slot was a SAM "not a point" token in the decoder's attention."""
+    prompted, _ = _pair(background_channel=not regions)
+    x = torch.randn(1, 1, 8, 8, 8)
+    click, label = torch.tensor([[[3.0, 4.0, 5.0]]]), torch.tensor([[click_label(1)]])
+    with torch.no_grad():
+        outputs = [prompted(x, torch.cat([click, torch.zeros(1, empty, 3)], 1),
+                            torch.cat([label, torch.full((1, empty), NO_CLICK)], 1)) for empty in (0, 2, 7)]
+        for out in outputs[1:]:
+            torch.testing.assert_close(out, outputs[0], rtol=1e-6, atol=1e-6)
+        if regions:  # a click on region 0 is no token of region 1's decoding
+            other = prompted(x, torch.tensor([[[3.0, 4.0, 5.0], [1.0, 1.0, 1.0]]]),
+                             torch.tensor([[click_label(1), click_label(0)]]))
+            torch.testing.assert_close(other[:, 1], outputs[0][:, 1], rtol=1e-6, atol=1e-6)
+            assert (other[:, 0] - outputs[0][:, 0]).abs().amax() > 1e-3
+        # and the padding tokens matter where they are not left out: SAM's decoder has no padding mask
+        planes, spatial = prompted.embed(x)
+        prompts = prompted.plane_prompts(torch.cat([click, torch.zeros(1, 7, 3)], 1),
+                                         torch.cat([label, torch.full((1, 7), NO_CLICK)], 1), x.shape[2:])
+        unmasked = {axis: (sparse, torch.ones_like(present), has) for axis, (sparse, present, has) in prompts.items()}
+        assert (prompted.decode(planes, spatial, unmasked) - outputs[0]).abs().amax() > 1e-6
+
+
+def test_masked_transformer_equals_sams_when_every_token_is_present():
+    from sam_nnunet.decoders.sam_mask import two_way_transformer
+
+    prompted, _ = _pair()
+    transformer = prompted.decoder.sam.transformer
+    torch.manual_seed(1)
+    image, pe, tokens = torch.randn(2, 32, 3, 5), torch.randn(2, 32, 3, 5), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = transformer(image, pe, tokens)
+        ours = two_way_transformer(transformer, image, pe, tokens, torch.ones(2, 7, dtype=torch.bool))
+        dropped = transformer(image, pe, tokens[:, :4])
+        masked = two_way_transformer(transformer, image, pe, tokens, torch.arange(7).expand(2, 7) < 4)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(masked[0][:, :4], dropped[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(masked[1], dropped[1], rtol=1e-6, atol=1e-6)
 
 
 def _pair(classes=3, **kwargs):

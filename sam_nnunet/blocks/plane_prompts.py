@@ -3,8 +3,9 @@ and what it says to each mask output.
 
 Projection (ZAP-2.5DSAM, methods.md section 3.1): a click (d, h, w) in the patch is projected onto the slices of an
 orientation by dropping that orientation's slice axis; the same 2D point is used for every (pseudo-)slice of it.
-The slices of ``ZAP25DNetwork`` along D are H x W images, along H D x W images, along W D x H images (rows x
-columns); SAM's points are (x, y) = (column, row). A slice fills the whole image the encoder sees, so the click
+The slices of ``ZAP25DNetwork`` (``PLANE_LAYOUTS``, layout 2 = the published code's) are, in rows x columns: along D
+(axial) H x W images, along H (coronal) W x D images, along W (sagittal) D x H images; SAM's points are
+(x, y) = (column, row). A slice fills the whole image the encoder sees, so the click
 keeps its relative position: voxel v of an axis of n voxels (centre at (v + 0.5) / n of the axis, the convention of
 the image's positional encoding ``pe_layer(grid)``) becomes the pixel of SAM's prompt-encoder frame at the same
 relative position. (ZAP multiplies crop voxels by 4 in its 512-pixel frame and SAM adds half a pixel: a shift of
@@ -47,19 +48,30 @@ def sam_point_labels(point_labels: torch.Tensor, num_masks: int, first_channel: 
     return torch.where(valid[:, None, :], labels, SAM_NOT_A_POINT)
 
 
-def plane_axes(axis: int) -> Tuple[int, int]:
+# {layout version: {slice axis: (row axis, column axis)}}, tensor axes of (B, C, D, H, W). SAM's encoder is not
+# transpose-equivariant, so the orientation of each image is part of a trained model (its plans record the version).
+#   2: ZAP-2.5DSAM's public code (train.py: coronal images are W rows x D columns) -- what sam-nnunet builds now
+#   1: sam-nnunet 0.1 (coronal D x W), kept so that models trained with it predict as they were trained
+PLANE_LAYOUTS = {
+    1: {2: (3, 4), 3: (2, 4), 4: (2, 3)},
+    2: {2: (3, 4), 3: (4, 2), 4: (2, 3)},
+}
+PLANE_LAYOUT = 2  # what new trainings use
+
+
+def plane_axes(axis: int, layout: int = PLANE_LAYOUT) -> Tuple[int, int]:
     """(row, column) coordinate indices (0 = D, 1 = H, 2 = W) of the slices along tensor axis ``axis`` (2, 3, 4)."""
-    rows, cols = (a - 2 for a in (2, 3, 4) if a != axis)
-    return rows, cols
+    rows, cols = PLANE_LAYOUTS[layout][axis]
+    return rows - 2, cols - 2
 
 
 def project_clicks(point_coords: torch.Tensor, spatial: Sequence[int], axis: int,
-                   frame: Sequence[int]) -> torch.Tensor:
+                   frame: Sequence[int], layout: int = PLANE_LAYOUT) -> torch.Tensor:
     """point_coords (B, N, 3) voxel positions (D, H, W) in a volume of size ``spatial`` -> SAM points (B, N, 2)
     (x, y) in pixels of a prompt-encoder frame ``frame`` (H_in, W_in) (``PromptEncoder.input_image_size``), for the
     slices along tensor axis ``axis``. SAM adds half a pixel and divides by the frame: the result is the voxel's
     relative position in the slice."""
-    rows, cols = plane_axes(axis)
+    rows, cols = plane_axes(axis, layout)
     xy = point_coords[..., [cols, rows]]
     size = torch.tensor([spatial[cols], spatial[rows]], dtype=xy.dtype, device=xy.device)
     pixels = torch.tensor([frame[1], frame[0]], dtype=xy.dtype, device=xy.device)

@@ -4,6 +4,7 @@ sparse prompt tokens.
 The builders take any config with SAM's decoder sizes (``SAMViTConfig``, ``LiteMedSAMConfig``): ``out_chans``,
 ``decoder_mlp_dim``, ``decoder_num_heads``, ``iou_head_hidden_dim``, ``mask_in_chans``, ``img_size``, ``patch_size``.
 """
+import math
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -30,6 +31,51 @@ def build_sam_mask_decoder(cfg) -> nn.Module:
         transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.out_chans, mlp_dim=cfg.decoder_mlp_dim,
                                       num_heads=cfg.decoder_num_heads),
         transformer_dim=cfg.out_chans, iou_head_depth=3, iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+
+
+def _attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """SAM's ``Attention`` (its own projections) with keys where ``key_mask`` (B, N_k) is False left out: their
+    weight is exactly 0, as if the tokens were not in the set. Without a mask: SAM's module itself."""
+    if key_mask is None:
+        return attn(q=q, k=k, v=v)
+    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
+    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
+    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask, float("-inf"))
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias[:, None, None, :], dim=-1)
+    return attn.out_proj(attn._recombine_heads(weights @ v))
+
+
+def two_way_transformer(transformer: nn.Module, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+                        tokens: torch.Tensor, token_mask: Optional[torch.Tensor] = None):
+    """SAM's ``TwoWayTransformer.forward`` with tokens left out where ``token_mask`` (N, T) is False: they are no
+    key of the tokens' self-attention nor of the image-to-token attention, so no other token and no image position
+    sees them (their own outputs are computed and never used). Without a mask: SAM's module itself.
+
+    Empty click slots must not change a prediction: SAM has no key padding mask, so every padding token it is given
+    takes part in the attention (SAM's own single "not a point" token after the clicks is not an empty slot: keep it).
+    """
+    if token_mask is None:
+        return transformer(image_embedding, image_pe, tokens)
+    keys = image_embedding.flatten(2).transpose(1, 2)  # (N, hw, C)
+    key_pe = image_pe.flatten(2).transpose(1, 2)
+    queries = tokens
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = _attention(layer.self_attn, queries, queries, queries, token_mask)
+        else:
+            q = queries + tokens
+            queries = queries + _attention(layer.self_attn, q, q, queries, token_mask)
+        queries = layer.norm1(queries)
+        q, k = queries + tokens, keys + key_pe
+        queries = layer.norm2(queries + layer.cross_attn_token_to_image(q=q, k=k, v=keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q = queries + tokens
+        keys = layer.norm4(keys + _attention(layer.cross_attn_image_to_token, k, q, queries, token_mask))
+    q, k = queries + tokens, keys + key_pe
+    queries = transformer.norm_final_attn(queries + transformer.final_attn_token_to_image(q=q, k=k, v=keys))
+    return queries, keys
 
 
 class PromptFreeMaskDecoder(nn.Module):
@@ -75,17 +121,23 @@ class PromptFreeMaskDecoder(nn.Module):
                 mlp.load_state_dict(self.sam.output_hypernetworks_mlps[source].state_dict())
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor,
-                sparse_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+                sparse_embeddings: Optional[torch.Tensor] = None,
+                sparse_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """image_embeddings (N, C, h, w), image_pe (1, C, h, w), dense_embedding (1, C, 1, 1), optionally SAM's sparse
-        prompt embeddings (N, n, C) (``PromptEncoder`` output: point tokens) -> mask logits (N, num_masks, 4h, 4w)."""
+        prompt embeddings (N, n, C) (``PromptEncoder`` output: point tokens) and which of them are present (N, n) bool
+        (absent ones are left out of the attention: ``two_way_transformer``) -> mask logits (N, num_masks, 4h, 4w)."""
         sam = self.sam
         n, c, h, w = image_embeddings.shape
         # SAM's output tokens, then (as SAM's predict_masks) the prompt tokens; none: the prompt-free decoder
         tokens = torch.cat([sam.iou_token.weight, sam.mask_tokens.weight, self.extra_mask_tokens], dim=0)
         tokens = tokens.unsqueeze(0).expand(n, -1, -1)
+        token_mask = None
         if sparse_embeddings is not None:
+            if sparse_mask is not None:
+                token_mask = torch.cat([sparse_mask.new_ones(n, tokens.shape[1]), sparse_mask], dim=1)
             tokens = torch.cat([tokens, sparse_embeddings.to(tokens.dtype)], dim=1)
-        hs, src = sam.transformer(image_embeddings + dense_embedding, image_pe.expand(n, -1, -1, -1), tokens)
+        hs, src = two_way_transformer(sam.transformer, image_embeddings + dense_embedding,
+                                      image_pe.expand(n, -1, -1, -1), tokens, token_mask)
         mask_tokens_out = hs[:, 1:1 + self.num_masks]
         upscaled = sam.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C/8, 4h, 4w)
         mlps = list(sam.output_hypernetworks_mlps) + list(self.extra_hypernetworks_mlps)

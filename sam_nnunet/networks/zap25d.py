@@ -4,7 +4,8 @@ Data flow for a patch (B, C_in, D, H, W):
 
     pad each axis to a multiple of ``pool`` (4)
     input channels -> 3 (replicate / pass / fixed 1x1x1 projection)   InputChannelAdapter
-    for each orientation (slices along D: H x W; along H: D x W; along W: D x H):
+    for each orientation (slices along D: H x W; along H: W x D; along W: D x H, rows x columns, as the published
+      code builds them; ``plane_layout`` 1 = sam-nnunet 0.1's coronal D x W, for models trained with it):
       groups of 4 consecutive slices, each upsampled x4 and patch-   PseudoSliceEncoder (frozen, no_grad)
         embedded, averaged into a pseudo-slice; the frozen encoder
         blocks and neck run once per pseudo-slice -> (N, 256, gh, gw)
@@ -31,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sam_nnunet.blocks.channels import InputChannelAdapter
 from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
+from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT, PLANE_LAYOUTS
 from sam_nnunet.blocks.pseudo_slices import PseudoSliceEncoder, build_pseudo_slice_encoder
 from sam_nnunet.decoders.sam_mask import PromptFreeMaskDecoder, build_sam_prompt_encoder
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM
@@ -87,15 +89,20 @@ class ZAP25DNetwork(SAMNetworkBase):
       checkpoint_decoder: in training, keep only the decoder's inputs and recompute its activations in the backward
         pass, ``encoder_batch`` pseudo-slices at a time (the same gradients; ~1.6 GB less memory per 40x56x40
         sample with LiteMedSAM, for a second decoder forward, which is small beside the encoder).
+      plane_layout: orientation of each plane's images (``blocks.plane_prompts.PLANE_LAYOUTS``): 2 = the published
+        code's (coronal W x D); 1 = sam-nnunet 0.1's (coronal D x W), only to run models trained with it.
       deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
     """
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", upsample: float = 4,
                  pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,
-                 checkpoint_decoder: bool = True, deep_supervision: bool = False) -> None:
+                 checkpoint_decoder: bool = True, plane_layout: int = PLANE_LAYOUT,
+                 deep_supervision: bool = False) -> None:
         super().__init__(encoder)
         if deep_supervision:
             raise ValueError("ZAP25DNetwork has no multi-scale heads; build it with deep_supervision=False")
+        if plane_layout not in PLANE_LAYOUTS:
+            raise ValueError(f"ZAP25DNetwork: unknown plane_layout {plane_layout!r}; known: {sorted(PLANE_LAYOUTS)}")
         num_masks = num_classes - 1 if background_channel else num_classes
         if num_masks < 1:
             raise ValueError(f"ZAP25DNetwork needs at least one foreground output; got {num_classes} classes with "
@@ -105,6 +112,7 @@ class ZAP25DNetwork(SAMNetworkBase):
         self.background_channel = background_channel
         self.encoder_batch = encoder_batch
         self.checkpoint_decoder = checkpoint_decoder
+        self.plane_layout = plane_layout
 
         self.channels = InputChannelAdapter(input_channels, 3)
         fixed_colour_projection(self.channels)
@@ -139,6 +147,17 @@ class ZAP25DNetwork(SAMNetworkBase):
                                          f"1x1x1 projection (frozen: the encoder runs without gradients)")
         return notes
 
+    def get_extra_state(self):
+        # the layout travels with the weights: a model is only right in the orientation it was trained in
+        return {**super().get_extra_state(), "plane_layout": self.plane_layout}
+
+    def set_extra_state(self, state) -> None:
+        if isinstance(state, dict):
+            state = dict(state)
+            # nnU-Net checkpoints of sam-nnunet 0.1 record no layout: they were trained with layout 1
+            self.plane_layout = state.pop("plane_layout", 1)
+        super().set_extra_state(state)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.encoder.eval()  # frozen encoder (with BatchNorm for LiteMedSAM) always as at inference
@@ -151,8 +170,13 @@ class ZAP25DNetwork(SAMNetworkBase):
         image = self.channels(padded)
         return {axis: self._embed_plane(image, axis) for axis in (2, 3, 4)}, spatial
 
+    def _plane_order(self, axis: int) -> Tuple[int, int, int, int, int]:
+        """Permutation of (B, C, D, H, W) to (B, slice axis, C, rows, columns) of the slices along ``axis``."""
+        rows, cols = PLANE_LAYOUTS[self.plane_layout][axis]
+        return 0, axis, 1, rows, cols
+
     def _embed_plane(self, image: torch.Tensor, axis: int) -> PlaneEmbedding:
-        stack = image.movedim(axis, 1)  # (B, S, 3, a, b)
+        stack = image.permute(self._plane_order(axis))  # (B, S, 3, a, b)
         b, s, c, height, width = stack.shape
         groups = stack.reshape(b * s // self.pool, self.pool, c, height, width)
         with torch.no_grad():  # ZAP's memory advantage: no activations of the frozen encoder are kept
@@ -181,15 +205,19 @@ class ZAP25DNetwork(SAMNetworkBase):
         return self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)
 
     def _run_decoder(self, embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor,
-                     sparse: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The decoder over N embeddings (with their sparse prompt tokens (N, n, C)), its activations recomputed in
-        the backward pass ``encoder_batch`` embeddings at a time when training (``checkpoint_decoder``)."""
+                     sparse: Optional[torch.Tensor] = None, sparse_mask: Optional[torch.Tensor] = None
+                     ) -> torch.Tensor:
+        """The decoder over N embeddings (with their sparse prompt tokens (N, n, C) and which are present (N, n)), its
+        activations recomputed in the backward pass ``encoder_batch`` embeddings at a time when training
+        (``checkpoint_decoder``)."""
         if not (self.checkpoint_decoder and torch.is_grad_enabled()):
-            return self.decoder(embeddings, image_pe, dense, sparse)
+            return self.decoder(embeddings, image_pe, dense, sparse, sparse_mask)
         chunks = embeddings.split(self.encoder_batch)
-        tokens = sparse.split(self.encoder_batch) if sparse is not None else [None] * len(chunks)
-        return torch.cat([checkpoint(self.decoder, chunk, image_pe, dense, t, use_reentrant=False)
-                          for chunk, t in zip(chunks, tokens)])
+        none = [None] * len(chunks)
+        tokens = sparse.split(self.encoder_batch) if sparse is not None else none
+        masks = sparse_mask.split(self.encoder_batch) if sparse_mask is not None else none
+        return torch.cat([checkpoint(self.decoder, chunk, image_pe, dense, t, m, use_reentrant=False)
+                          for chunk, t, m in zip(chunks, tokens, masks)])
 
     def _plane_logits(self, plane: PlaneEmbedding, axis: int, prompt=None) -> torch.Tensor:
         """Mask logits (B, k, D, H, W) of one orientation (slices along ``axis``) of the padded patch."""
@@ -199,9 +227,11 @@ class ZAP25DNetwork(SAMNetworkBase):
             shrink = masks.shape[-2] >= height and masks.shape[-1] >= width
             # area: the mean of the finer logits (LiteMedSAM's masks are 4x the slice resolution)
             masks = F.interpolate(masks, size=(height, width), mode="area" if shrink else "bilinear")
-        masks = masks.unflatten(0, (plane.batch, -1)).transpose(1, 2)  # (B, k, S / pool, a, b)
-        masks = F.interpolate(masks, scale_factor=(self.pool, 1, 1), mode="trilinear", align_corners=False)
-        return masks.movedim(2, axis)
+        masks = masks.unflatten(0, (plane.batch, -1))  # (B, S / pool, k, a, b): the order of _plane_order
+        order = self._plane_order(axis)
+        masks = masks.permute([order.index(i) for i in range(5)])  # (B, k, D / pool, H, W) for axis 2, etc.
+        return F.interpolate(masks, size=tuple(masks.shape[i] * (self.pool if i == axis else 1) for i in (2, 3, 4)),
+                             mode="trilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(*self.embed(x))

