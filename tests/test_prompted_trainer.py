@@ -5,7 +5,7 @@ import torch
 from helpers import make_trainer
 
 from sam_nnunet.prompts.clicks import NO_CLICK
-from sam_nnunet.trainers import SAMAdapterTrainer_prompted
+from sam_nnunet.trainers import SAMAdapterTrainer_prompted, SAMAdapterTrainer_prompted_public
 from sam_nnunet.trainers.prompted import ClickBoundNetwork
 
 
@@ -86,3 +86,67 @@ def test_prompt_free_prediction_through_nnunet(synthetic_dataset, results):
     logits = predictor.predict_sliding_window_return_logits(torch.randn(1, 41, 50, 40))
     assert logits.shape == (trainer.label_manager.num_segmentation_heads, 41, 50, 40)
     assert torch.isfinite(logits).all()
+
+
+def _random_init_vit_test(results):
+    results.setenv("nnUNet_SAM_encoder", "vit_test")
+    results.setenv("nnUNet_SAM_allow_random_init", "1")
+
+
+def test_visual_sampler_choice_round_trips_through_the_plans(synthetic_dataset, results, tmp_path):
+    """The trainer writes its visual sampler into the plans; nnUNetv2_predict's rebuild from plans.json gets it
+    back; plans written before the option existed rebuild the sampler they were trained with."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    _random_init_vit_test(results)
+    states = {}
+    for cls, sampler in ((SAMAdapterTrainer_prompted, "click_aware"), (SAMAdapterTrainer_prompted_public, "public")):
+        trainer = make_trainer(cls, synthetic_dataset)
+        trainer.initialize()
+        assert trainer.sam_network.prompt_encoder.sampler == sampler
+        plans = trainer.plans_manager.plans
+        assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["visual_sampler"] == sampler
+        save_json(plans, str(tmp_path / "plans.json"))
+        saved = PlansManager(str(tmp_path / "plans.json"))
+        network = cls.build_network_architecture(saved, saved.get_configuration("3d_fullres"), 1,
+                                                 trainer.label_manager.num_segmentation_heads,
+                                                 enable_deep_supervision=False)
+        assert network.prompt_encoder.sampler == sampler
+        states[sampler] = trainer.sam_network.state_dict()
+        network.load_state_dict(states[sampler])  # strict, as the predictor loads
+    assert set(states["click_aware"]) - set(states["public"])  # the two are not interchangeable
+    del plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["visual_sampler"]
+    save_json(plans, str(tmp_path / "old_plans.json"))
+    old = PlansManager(str(tmp_path / "old_plans.json"))
+    network = SAMAdapterTrainer_prompted.build_network_architecture(
+        old, old.get_configuration("3d_fullres"), 1, trainer.label_manager.num_segmentation_heads,
+        enable_deep_supervision=False)
+    network.load_state_dict(states["click_aware"])
+
+
+def test_papers_patch_sampling_and_gradient_clipping(synthetic_dataset, results):
+    """Foreground-centred patches as the public code crops (3DSAM-adapter 0.67, ZAP-2.5DSAM 0.95; nnU-Net 0.33);
+    the prompted 3DSAM-adapter clips the gradient norm of the visual sampler, the decoder and the rest each at 1.0
+    (nnU-Net's train_step: 12 over all), in the optimiser step that train_step takes."""
+    from sam_nnunet.trainers import SAMAdapterTrainer, ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
+
+    _random_init_vit_test(results)
+    for cls, share in ((ZAP25DSAMTrainer, 0.95), (ZAP25DSAMTrainer_prompted, 0.95), (SAMAdapterTrainer, 0.67),
+                       (SAMAdapterTrainer_prompted, 0.67)):
+        trainer = make_trainer(cls, synthetic_dataset)
+        trainer.initialize()
+        assert trainer.oversample_foreground_percent == share, cls.__name__
+        net = trainer.sam_network
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        for p in trainable:
+            p.grad = torch.full_like(p, 0.1)  # norm far above 1.0 in every part
+        trainer.optimizer.step()
+        if cls is not SAMAdapterTrainer_prompted:
+            assert all(torch.equal(p.grad, torch.full_like(p, 0.1)) for p in trainable), cls.__name__
+            continue
+        sampler, decoder = set(net.prompt_encoder.parameters()), set(net.decoder.parameters())
+        parts = [sampler, decoder, set(trainable) - sampler - decoder]
+        for part in parts:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in part if p.requires_grad]))
+            torch.testing.assert_close(norm, torch.tensor(1.0), rtol=1e-4, atol=1e-4)

@@ -91,3 +91,87 @@ def test_paper_attention_variant_and_compile():
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # any graph break fails
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, coords, labels), net(x, coords, labels), rtol=1e-4, atol=1e-4)
+
+
+# ---- the public code's computation (sampler="public") ---------------------------------------------------------------
+
+def _public_reference(weights, features, points_whd, heads, num_global=10):
+    """What med-air/3DSAM-adapter's PromptEncoder + TwoWayTransformer (``modeling/prompt_encoder.py``) compute for one
+    image, written out from that code's layout with our module's weights: ``points_whd`` (N, 3) voxel coordinates
+    in the order its grid takes them (x = W, y = H, z = D), normalised as ``(p + 0.5) * 2 / size - 1``; features
+    (1, C, d, h, w) of a patch of ``size`` = 4 * (d, h, w) voxels."""
+    import math
+
+    import torch.nn.functional as F
+
+    def linear(x, name):
+        return F.linear(x, weights[name + ".weight"], weights[name + ".bias"])
+
+    def attention(q, k, v, name):
+        q, k, v = linear(q, name + ".q_proj"), linear(k, name + ".k_proj"), linear(v, name + ".v_proj")
+        b, n, c = q.shape
+        q, k, v = (t.reshape(b, t.shape[1], heads, c // heads).transpose(1, 2) for t in (q, k, v))
+        attn = torch.softmax(q @ k.permute(0, 1, 3, 2) / math.sqrt(c // heads), dim=-1)
+        return linear((attn @ v).transpose(1, 2).reshape(b, n, c), name + ".out_proj")
+
+    def norm(x, name):
+        return F.layer_norm(x, x.shape[-1:], weights[name + ".weight"], weights[name + ".bias"])
+
+    size_whd = torch.tensor([4 * s for s in features.shape[2:]][::-1], dtype=features.dtype)
+    grid = ((points_whd + 0.5) * 2 / size_whd - 1).reshape(1, 1, 1, -1, 3)
+    point_embed = F.grid_sample(features, grid, align_corners=False).squeeze(2).squeeze(2).permute(0, 2, 1)
+    img_embed = features.flatten(2).permute(0, 2, 1)
+    for i in range(2):
+        p = f"blocks.{i}"
+        q = torch.cat([weights[p + ".global_queries"], point_embed], dim=1)
+        self_out = norm(attention(q, q, q, p + ".self_attn"), p + ".norm1")
+        queries = norm(q + self_out, p + ".norm2")
+        point_embed, queries = queries[:, num_global:], queries[:, :num_global]
+        mlp = linear(torch.relu(linear(queries, p + ".mlp.lin1")), p + ".mlp.lin2")
+        queries = norm(queries + mlp, p + ".norm3")
+        img_embed = norm(img_embed + attention(img_embed, queries, queries, p + ".cross_attn_image_to_token"),
+                         p + ".norm4")
+    return img_embed.transpose(1, 2).reshape(features.shape)
+
+
+def test_public_sampler_computes_what_the_public_code_computes():
+    torch.manual_seed(0)
+    enc = VisualSamplerPromptEncoder3d(32, 6, depth=2, num_heads=2, mlp_dim=64, sampler="public").eval()
+    with torch.no_grad():  # LayerNorms away from their identity initialisation
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    weights = dict(enc.named_parameters())
+    features = torch.randn(2, 32, 4, 6, 5)
+    spatial = tuple(4 * s for s in features.shape[2:])
+    voxels = torch.stack([torch.randint(0, s, (2, 3)) for s in spatial], dim=-1).float()  # (B, N, 3) along D, H, W
+    labels = torch.tensor([[2, 3, 0], [4, -1, -1]])
+    with torch.no_grad():
+        out = enc(features, normalise_coords(voxels, spatial), labels)
+        for i, valid in ((0, 3), (1, 1)):  # sample 1: absent clicks are left out, as if they were not there
+            reference = _public_reference(weights, features[i:i + 1], voxels[i, :valid].flip(-1), heads=2)
+            torch.testing.assert_close(out[i:i + 1], reference, rtol=1e-5, atol=1e-5)
+        # no click labels in the public code: relabelling changes nothing; the clicks themselves do
+        relabelled = torch.where(labels >= 0, 1, labels)
+        torch.testing.assert_close(enc(features, normalise_coords(voxels, spatial), relabelled), out)
+        empty = enc(features, torch.zeros(2, 0, 3), torch.zeros(2, 0, dtype=torch.long))
+        assert (out[0] - empty[0]).abs().max() > 1e-3
+    # no positional encodings, no label codes, no token-to-image attention (never called there)
+    assert not list(enc.buffers())
+    assert not any("token_to_image" in n for n in weights)
+    ours = VisualSamplerPromptEncoder3d(32, 6, depth=2, num_heads=2, mlp_dim=64)
+    token_to_image = sum(p.numel() for b in ours.blocks for p in b.cross_attn_token_to_image.parameters())
+    assert sum(p.numel() for p in enc.parameters()) == sum(p.numel() for p in ours.parameters()) - token_to_image
+
+
+def test_public_sampler_in_the_network_trains_every_parameter():
+    """DDP (default find_unused_parameters=False) needs every trainable parameter in every step."""
+    torch.manual_seed(0)
+    net = SAMAdapterPromptedNetwork(1, 2, "vit_test", visual_sampler="public")
+    x = torch.randn(1, 1, 16, 16, 16)
+    net(x, torch.tensor([[[5.0, 6.0, 7.0]]]), torch.tensor([[2]])).sum().backward()
+    for name, p in net.named_parameters():
+        assert not p.requires_grad or p.grad is not None, name
+    counts = parameter_counts("SAMAdapterTrainer_prompted_public", "vit_b", 1, 2)
+    # the public code's 3,164,160 less its 2 x 131,712 token-to-image parameters, which never get a gradient there
+    assert counts["prompt_encoder"] == 3_164_160 - 2 * 131_712
+    assert counts["trainable"] == 25_462_400 - 2 * 131_712

@@ -1,6 +1,6 @@
 """3DSAM-adapter's prompt encoder, the "visual sampler": 3D clicks update the image tokens of the last feature map.
 
-For a feature map (B, C, d, h, w) and clicks in it:
+For a feature map (B, C, d, h, w) and clicks in it (``"click_aware"``; ``"public"`` below):
 
     trilinear sampling of the feature map at every click            -> click tokens (B, N, C)
       + a fixed (not learned) code of the click's label (class and positive / negative)
@@ -11,8 +11,20 @@ For a feature map (B, C, d, h, w) and clicks in it:
       tokens (the latter with a fixed bias that decays with the distance to the click) and is updated
     -> the updated feature map (B, C, d, h, w)
 
-Differences to the public code (med-air/3DSAM-adapter, ``modeling/prompt_encoder.py``), none of which changes the
-parameter count (3,164,160 for ViT-B):
+Two computations, chosen by ``sampler``:
+
+``"public"``: what the public code (med-air/3DSAM-adapter, ``modeling/prompt_encoder.py``, as ``train.py`` and
+``test.py`` call it) computes. A click token is the sampled feature only (no positional encoding, no label); per
+block, queries = [global queries | click tokens], queries = norm2(queries + norm1(self-attention(queries))) (the
+LayerNorm of the attention output before the residual, as published), MLP on the global queries, then every image
+token attends to the 10 global queries only: image = norm4(image + attention(image, global queries)). The block's
+token-to-image cross-attention is defined there but never called, so it never trains: it is left out here
+(2,900,736 parameters for ViT-B instead of the 3,164,160 the public code counts; DDP, with every parameter expected
+to take part, would refuse a parameter without gradient). The positional encodings are not computed. The click
+tokens reach the image only through the global queries, and clicks of different labels are indistinguishable (the
+public code clicks one foreground class, positives only).
+
+``"click_aware"`` (ours; 3,164,160 parameters for ViT-B, the public code's count), differences to the public code:
   - the block's token-to-image cross-attention exists there but is never called; here it runs (queries gather image
     context before the image tokens read them), so no parameter is dead weight;
   - its random Fourier positional encodings are computed there but unused; here they are added to the attention
@@ -25,9 +37,9 @@ parameter count (3,164,160 for ViT-B):
     briefly to pick the clicked one of two identical spheres, the public code's attention and the variant without
     the bias both ignore where the click is (equal foreground probability in both spheres); with the bias the
     clicked sphere is selected after 25 iterations;
-  - it handles one image and all clicks valid; here a batch with a different number of clicks per image (label -1
-    marks absent clicks, masked out of every attention) and images without any click (only the global queries
-    remain: the network's automatic mode).
+  - (both modes) it handles one image and all clicks valid; here a batch with a different number of clicks per
+    image (label -1 marks absent clicks, masked out of every attention) and images without any click (only the
+    global queries remain: the network's automatic mode).
 """
 from typing import Optional, Tuple
 
@@ -36,6 +48,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import MLPBlock
 from segment_anything.modeling.transformer import Attention
 from torch import nn
+
+SAMPLERS = ("public", "click_aware")  # see the module docstring
 
 
 class MaskedAttention(Attention):
@@ -96,16 +110,20 @@ class VisualSamplerBlock(nn.Module):
       num_global_queries: learnable queries of this block (10 in 3DSAM-adapter).
       attention_downsample_rate: internal width reduction of the two cross-attentions (2, as in SAM).
       image_reads_clicks: the image tokens attend to the click tokens too, not only to the global queries.
+      public: compute the public code's block instead (see the module docstring), without its unused
+        token-to-image cross-attention.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, num_global_queries: int = 10,
-                 attention_downsample_rate: int = 2, image_reads_clicks: bool = True) -> None:
+                 attention_downsample_rate: int = 2, image_reads_clicks: bool = True, public: bool = False) -> None:
         super().__init__()
         self.image_reads_clicks = image_reads_clicks
+        self.public = public
         self.global_queries = nn.Parameter(0.1 * torch.randn(1, num_global_queries, dim))
         self.self_attn = MaskedAttention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn_token_to_image = MaskedAttention(dim, num_heads, attention_downsample_rate)
+        if not public:  # the public code defines it but never calls it: parameters without gradients (DDP refuses them)
+            self.cross_attn_token_to_image = MaskedAttention(dim, num_heads, attention_downsample_rate)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
         self.norm3 = nn.LayerNorm(dim)
@@ -117,6 +135,8 @@ class VisualSamplerBlock(nn.Module):
         """image (B, T, C), image_pe (1, T, C), clicks and click_pe (B, N, C), click_valid (B, N) bool,
         click_bias (B, T, N): fixed logits added to the image tokens' attention to the clicks (or None)
         -> updated image (B, T, C) and click tokens (B, N, C)."""
+        if self.public:
+            return self._forward_public(image, clicks, click_valid)
         b, g = image.shape[0], self.global_queries.shape[1]
         queries = torch.cat([self.global_queries.expand(b, -1, -1), clicks], dim=1)
         query_pe = torch.cat([torch.zeros_like(queries[:, :g]), click_pe], dim=1)
@@ -141,6 +161,19 @@ class VisualSamplerBlock(nn.Module):
         image = self.norm4(image + attended)
         return image, clicks
 
+    def _forward_public(self, image: torch.Tensor, clicks: torch.Tensor,
+                        click_valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The public code's TwoWayAttentionBlock.forward, batched: no positional encodings, norm1 on the attention
+        output before the residual, no token-to-image attention, the image reads the global queries only."""
+        b, g = image.shape[0], self.global_queries.shape[1]
+        queries = torch.cat([self.global_queries.expand(b, -1, -1), clicks], dim=1)
+        valid = torch.cat([click_valid.new_ones(b, g), click_valid], dim=1)
+        queries = self.norm2(queries + self.norm1(self.self_attn(queries, queries, queries, valid)))
+        global_queries, clicks = queries[:, :g], queries[:, g:]
+        global_queries = self.norm3(global_queries + self.mlp(global_queries))
+        image = self.norm4(image + self.cross_attn_image_to_token(image, global_queries, global_queries))
+        return image, clicks
+
 
 class VisualSamplerPromptEncoder3d(nn.Module):
     """3DSAM-adapter's visual sampler prompt encoder (see the module docstring).
@@ -157,23 +190,28 @@ class VisualSamplerPromptEncoder3d(nn.Module):
       click_reach: with image_reads_clicks, the image tokens' attention logits to a click get a fixed
         -d^2 / (2 click_reach^2), d the distance in tokens: a click speaks to the tokens around it from the start
         (None: no such bias).
+      sampler: ``"click_aware"`` (ours) or ``"public"`` (the public code's computation; image_reads_clicks and
+        click_reach do not apply, no buffers).
     """
 
     def __init__(self, dim: int, num_label_codes: int, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
                  num_global_queries: int = 10, image_reads_clicks: bool = True,
-                 click_reach: Optional[float] = 1.5) -> None:
+                 click_reach: Optional[float] = 1.5, sampler: str = "click_aware") -> None:
         super().__init__()
-        self.click_reach = click_reach if image_reads_clicks else None
-        self.positions = RandomFourierPositions3d(dim)
-        # fixed random codes, of the scale of the layer-normalised features they are added to
-        self.register_buffer("label_codes", torch.randn(num_label_codes, dim))
+        if sampler not in SAMPLERS:
+            raise ValueError(f"visual sampler {sampler!r} unknown; choose one of {', '.join(SAMPLERS)}")
+        self.sampler = sampler
+        self.num_label_codes = num_label_codes
+        public = sampler == "public"
+        self.click_reach = click_reach if image_reads_clicks and not public else None
+        if not public:
+            self.positions = RandomFourierPositions3d(dim)
+            # fixed random codes, of the scale of the layer-normalised features they are added to
+            self.register_buffer("label_codes", torch.randn(num_label_codes, dim))
         self.blocks = nn.ModuleList(
-            VisualSamplerBlock(dim, num_heads, mlp_dim, num_global_queries, image_reads_clicks=image_reads_clicks)
+            VisualSamplerBlock(dim, num_heads, mlp_dim, num_global_queries, image_reads_clicks=image_reads_clicks,
+                               public=public)
             for _ in range(depth))
-
-    @property
-    def num_label_codes(self) -> int:
-        return self.label_codes.shape[0]
 
     def forward(self, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
         """features (B, C, d, h, w); point_coords (B, N, 3): click positions normalised to [0, 1] along (d, h, w)
@@ -186,10 +224,14 @@ class VisualSamplerPromptEncoder3d(nn.Module):
         grid = (2 * coords - 1).flip(-1).reshape(b, 1, 1, n, 3)
         sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=False)  # (B, C, 1, 1, N)
         valid = point_labels >= 0
-        clicks = sampled.reshape(b, c, n).transpose(1, 2) + self.label_codes[point_labels.clamp(min=0)].to(
-            features.dtype)
-        click_pe = self.positions(coords).to(features.dtype)
+        clicks = sampled.reshape(b, c, n).transpose(1, 2)
         image = features.flatten(2).transpose(1, 2)  # (B, T, C)
+        if self.sampler == "public":  # a click is the feature where it is, nothing more
+            for block in self.blocks:
+                image, clicks = block(image, None, clicks, None, valid)
+            return image.transpose(1, 2).reshape(b, c, d, h, w)
+        clicks = clicks + self.label_codes[point_labels.clamp(min=0)].to(features.dtype)
+        click_pe = self.positions(coords).to(features.dtype)
         image_pe = self.positions.grid((d, h, w), features.device).to(features.dtype).unsqueeze(0)
         bias = None
         if self.click_reach is not None:

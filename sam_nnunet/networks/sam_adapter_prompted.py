@@ -33,13 +33,18 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
       image_reads_clicks: image tokens attend to the click tokens as well as to the global queries (see
         ``sam_nnunet.blocks.visual_sampler``); False = the public code's attention to the global queries only.
       click_reach: spatial reach of a click on the image tokens, in tokens (fixed attention bias; None: none).
+      visual_sampler: ``"public"`` computes what the public code's prompt encoder computes (image_reads_clicks and
+        click_reach then do not apply), ``"click_aware"`` our design (see ``sam_nnunet.blocks.visual_sampler``).
+        SAMAdapterTrainer_prompted writes its choice into the plans; the default here is the design that plans
+        written before this option existed were trained with, so their model folders rebuild what they trained.
     """
 
     takes_clicks = True  # forward(x, point_coords, point_labels); sam_nnunet.prompts.PromptedPredictor checks it
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
                  depth_positions: int = 32, num_global_queries: int = 10, image_reads_clicks: bool = True,
-                 click_reach: Optional[float] = 1.5, deep_supervision: bool = False) -> None:
+                 click_reach: Optional[float] = 1.5, visual_sampler: str = "click_aware",
+                 deep_supervision: bool = False) -> None:
         super().__init__(input_channels, num_classes, encoder, max_window, depth_positions, deep_supervision)
         cfg = SAM_VIT_CONFIGS[encoder]
         self.num_classes = num_classes
@@ -47,7 +52,7 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
         self.prompt_encoder = VisualSamplerPromptEncoder3d(
             cfg.out_chans, num_label_codes(num_classes), depth=2, num_heads=cfg.decoder_num_heads,
             mlp_dim=cfg.decoder_mlp_dim, num_global_queries=num_global_queries, image_reads_clicks=image_reads_clicks,
-            click_reach=click_reach)
+            click_reach=click_reach, sampler=visual_sampler)
 
     def parameter_notes(self) -> Dict:
         return {"prompt_encoder": sum(p.numel() for p in self.prompt_encoder.parameters()),

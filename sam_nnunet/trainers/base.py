@@ -9,12 +9,13 @@ export — is nnU-Net's own):
   random weights unless nnUNet_SAM_allow_random_init=1; the checkpoint's sha256 goes to the log and, through the
   network's state dict, into every nnU-Net checkpoint;
 - the optimiser: AdamW over trainable parameters only (frozen weights get no gradient and no optimiser state),
-  each method's learning rate and linear decay; nnU-Net's gradient clipping;
+  each method's learning rate and linear decay; nnU-Net's gradient clipping, or the method's tighter one;
+- patch sampling: the method's share of foreground-centred patches where its paper's code differs from nnU-Net's;
 - short runs for smoke tests and demos: nnUNet_SAM_num_epochs, nnUNet_SAM_iterations_per_epoch.
 
 A method is a short subclass setting ``network_class``, ``network_kwargs``, ``encoder_families`` and its recipe.
 """
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
@@ -44,6 +45,9 @@ class SAMTrainerBase(nnUNetTrainer):
     sam_initial_lr: float = 1e-4
     sam_weight_decay: float = 0.0
     lr_end_factor: float = 0.01                # linear decay to this fraction of the initial lr
+    sam_oversample_foreground_percent: Optional[float] = None  # foreground-centred share of patches (None: nnU-Net's)
+    grad_clip_norm: Optional[float] = None     # the method's gradient-norm clip, per part (None: nnU-Net's 12 over all)
+    grad_clip_parts: Tuple[str, ...] = ()      # submodules clipped each on its own; the other parameters form one part
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -52,6 +56,8 @@ class SAMTrainerBase(nnUNetTrainer):
         self.enable_deep_supervision = False
         self.initial_lr = self.sam_initial_lr
         self.weight_decay = self.sam_weight_decay
+        if self.sam_oversample_foreground_percent is not None:
+            self.oversample_foreground_percent = self.sam_oversample_foreground_percent
         try:
             self._apply_short_run_settings()
             self._check_configuration()
@@ -185,7 +191,29 @@ class SAMTrainerBase(nnUNetTrainer):
     def configure_optimizers(self):
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=self.initial_lr, weight_decay=self.weight_decay)
+        if self.grad_clip_norm is not None:
+            # nnU-Net's train_step clips everything at norm 12, then steps: the method's clip runs as the optimiser's
+            # step pre-hook, after that clip and after the grad scaler's unscaling (skipped with the step on inf)
+            parts = self._gradient_clip_parts()
+            max_norm = self.grad_clip_norm
+
+            def clip_parts(optimizer, args, kwargs):
+                for part in parts:
+                    torch.nn.utils.clip_grad_norm_(part, max_norm)
+
+            optimizer.register_step_pre_hook(clip_parts)
+            self.print_to_log_file(f"Gradient clipping: norm {max_norm} for each of {len(parts)} parts "
+                                   f"({', '.join(self.grad_clip_parts + ('the rest',))}), after nnU-Net's 12")
         return optimizer, LinearDecayLR(optimizer, self.initial_lr, self.num_epochs, self.lr_end_factor)
+
+    def _gradient_clip_parts(self) -> List[List[nn.Parameter]]:
+        """Trainable parameters of each ``grad_clip_parts`` submodule, and of the rest, as lists."""
+        net = self.network  # not DDP-wrapped yet when nnU-Net configures the optimiser
+        net = net._orig_mod if isinstance(net, OptimizedModule) else net
+        parts = [[p for p in getattr(net, name).parameters() if p.requires_grad] for name in self.grad_clip_parts]
+        taken = {id(p) for part in parts for p in part}
+        parts.append([p for p in net.parameters() if p.requires_grad and id(p) not in taken])
+        return [part for part in parts if part]
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # networks with multi-scale heads expose decoder.deep_supervision; the others have one head only
