@@ -229,14 +229,15 @@ def predict_one(spec: dict, result: dict) -> None:
     import numpy as np
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.paths import nnUNet_raw
+
+    from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
 
     result["stage"] = "predict"
     device = torch.device(spec["device"])
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor = SafeCheckpointPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                        perform_everything_on_device=device.type == "cuda", device=device,
+                                        verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(result["model_folder"], use_folds=(spec["fold"],),
                                                    checkpoint_name="checkpoint_final.pth")
     dataset_json = predictor.dataset_json

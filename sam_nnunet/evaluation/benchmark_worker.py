@@ -182,15 +182,15 @@ def train(spec: dict, progress: Progress) -> dict:
 
 def predict_and_evaluate(spec: dict, trained: dict, progress: Progress) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from sam_nnunet.evaluation.evaluate import evaluate_folders
+    from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
 
     device = torch.device(spec["device"])
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["mirroring"],
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor = SafeCheckpointPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["mirroring"],
+                                        perform_everything_on_device=device.type == "cuda", device=device,
+                                        verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(trained["model_folder"], use_folds=(spec["fold"],),
                                                    checkpoint_name="checkpoint_final.pth")
     dataset_json = predictor.dataset_json

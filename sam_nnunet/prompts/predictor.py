@@ -1,7 +1,8 @@
 """nnU-Net's predictor, with clicks: every sliding-window tile receives the clicks that fall inside it.
 
-Everything else is nnU-Net's ``nnUNetPredictor``: model folder loading, fold ensembling, Gaussian blending of the
-tiles, export. What changes:
+Everything else is nnU-Net's ``nnUNetPredictor``: model folder loading (its checkpoints read with
+``weights_only=True``, see ``sam_nnunet.nnunet_checkpoint``), fold ensembling, Gaussian blending of the tiles,
+export. What changes:
   - ``predict_logits_with_clicks(data, point_coords, point_labels)``: the case's clicks, in the preprocessed volume;
   - each tile gets the clicks inside it, shifted to tile coordinates; mirroring (test-time augmentation) mirrors
     the clicks with the tile;
@@ -20,14 +21,15 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import dummy_context
 from torch._dynamo import OptimizedModule
+
+from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
 
 TILE_MODES = ("all", "clicked", "centred")
 
 
-class PromptedPredictor(nnUNetPredictor):
+class PromptedPredictor(SafeCheckpointPredictor):
     """``nnUNetPredictor`` for networks that take clicks (``network(x, point_coords, point_labels)``).
 
     Arguments: ``tiles`` (see the module docstring) and those of ``nnUNetPredictor``.
