@@ -173,3 +173,122 @@ def test_region_based_training(synthetic_dataset, results):
     out = trainer.validation_step(next(trainer.dataloader_val))
     assert out["tp_hard"].shape == (2,)  # one Dice per region
     trainer.on_train_end()
+
+
+# ---- clear errors: stale SAM checkpoint and --val, refusals in the log, unwritable results, model checkpoints -------
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and sa["_extra_state"] == sb["_extra_state"]  # pretrained weights' record
+    for k, v in sa.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, sb[k]), k
+
+
+def test_stale_sam_checkpoint_blocks_a_new_training_not_validation(synthetic_dataset, results, tiny_sam_checkpoint,
+                                                                   tmp_path):
+    path, _ = tiny_sam_checkpoint
+    results.setenv("nnUNet_SAM_checkpoint", path)
+    trainer = make_trainer(SAMAdapterTrainer, synthetic_dataset)
+    trainer.initialize()
+    final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    trainer.save_checkpoint(final)
+    save_json(trainer.plans_manager.plans, os.path.join(trainer.output_folder_base, "plans.json"))
+
+    # the SAM checkpoint was moved since: --val (load_checkpoint, as nnUNetv2_train --val) needs no SAM weights
+    results.setenv("nnUNet_SAM_checkpoint", str(tmp_path / "moved" / "sam_vit_test.pth"))
+    validating = make_trainer(SAMAdapterTrainer, synthetic_dataset)
+    validating.load_checkpoint(final)
+    _assert_same_weights(validating.sam_network, trainer.sam_network)
+    assert "not needed to validate or resume this fold" in _log_text(validating)
+
+    # a training from the start needs them: refused in the terminal and in the fold's training log
+    fresh = make_trainer(SAMAdapterTrainer, synthetic_dataset)
+    with pytest.raises(UserFacingExit, match="moved/sam_vit_test.pth: no such file"):
+        fresh.run_training()
+    assert "sam-nnunet: nnUNet_SAM_checkpoint=" in open(fresh.log_file).read()
+    assert fresh.network is None
+
+    # a fold without an earlier run: refused at start-up, in the log too
+    with pytest.raises(UserFacingExit, match="no such file"):
+        make_trainer(SAMAdapterTrainer, synthetic_dataset, fold=1)
+    fold_1 = os.path.join(trainer.output_folder_base, "fold_1")
+    assert "sam-nnunet: nnUNet_SAM_checkpoint=" in "".join(
+        open(f).read() for f in glob.glob(os.path.join(fold_1, "training_log_*.txt")))
+
+
+def test_unwritable_results_folder_is_one_clear_message(synthetic_dataset, results, tmp_path, monkeypatch):
+    blocker = tmp_path / "results_file"
+    blocker.write_text("a file where nnUNet_results points into\n")
+    results.setenv("nnUNet_results", str(blocker / "results"))
+    with pytest.raises(UserFacingExit, match=r"writes this fold's results .* but .*results_file is a file, not a "
+                                             r"folder\. Point nnUNet_results at a folder you can write"):
+        make_trainer(SAMAdapterTrainer, synthetic_dataset)
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    results.setenv("nnUNet_results", str(read_only))
+    if os.geteuid() == 0:  # root writes through permission bits: what a user gets, as a read-only mount gives it
+        import sam_nnunet.trainers.output_folder as output_folder
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(output_folder.tempfile, "mkstemp", refuse)
+    try:
+        with pytest.raises(UserFacingExit, match=r"read_only cannot be written \(Permission denied\)\. Point "
+                                                 r"nnUNet_results"):
+            make_trainer(SAMAdapterTrainer, synthetic_dataset)
+    finally:
+        read_only.chmod(0o755)
+    assert os.listdir(read_only) == []
+
+
+class _Payload:
+    """Unpickling this creates a file: reading a checkpoint with it must refuse before that happens."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_model_checkpoints_are_read_without_running_code(synthetic_dataset, results, tmp_path):
+    from sam_nnunet.cli import main
+    from sam_nnunet.nnunet_checkpoint import ModelCheckpointError, SafeCheckpointPredictor, load_nnunet_checkpoint
+
+    results.setenv("nnUNet_SAM_encoder", "vit_test")
+    results.setenv("nnUNet_SAM_allow_random_init", "1")
+    trainer = make_trainer(SAMAdapterTrainer, synthetic_dataset)
+    trainer.initialize()
+    # the training log as nnU-Net's epoch end fills it: numpy scalars among plain values
+    for key, value in (("train_losses", np.mean([np.float32(0.7)])), ("val_losses", np.float64(0.6)),
+                       ("lrs", 1e-4), ("dice_per_class_or_region", [np.float64(0.3)]),
+                       ("epoch_start_timestamps", 1.0), ("epoch_end_timestamps", 2.0),
+                       ("mean_fg_dice", np.nanmean([np.float64(0.3)]))):
+        trainer.logger.log(key, value, 0)
+    trainer._best_ema = np.float64(0.3)
+    final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    trainer.save_checkpoint(final)
+    save_json(trainer.plans_manager.plans, os.path.join(trainer.output_folder_base, "plans.json"))
+    save_json(trainer.dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"))
+
+    predictor = SafeCheckpointPredictor(device=torch.device("cpu"), perform_everything_on_device=False)
+    predictor.initialize_from_trained_model_folder(trainer.output_folder_base, (0,))
+    _assert_same_weights(predictor.network, trainer.sam_network)
+    assert predictor.trainer_name == "SAMAdapterTrainer"
+    assert predictor.allowed_mirroring_axes == trainer.inference_allowed_mirroring_axes
+
+    checkpoint = torch.load(final, weights_only=False)  # written by this test: trusted
+    checkpoint["logging"]["lrs"] = _Payload(str(tmp_path / "pwned"))
+    torch.save(checkpoint, final)
+    with pytest.raises(ModelCheckpointError, match=r"objects other than tensors and plain values \(it calls for "
+                                                   r"(io|builtins)\.open\)\..*nothing in it was run"):
+        load_nnunet_checkpoint(final)
+    images, reference = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    reference.mkdir()
+    with pytest.raises(UserFacingExit, match="objects other than tensors and plain values"):
+        main(["predict-prompted", "-i", str(images), "-o", str(tmp_path / "out"), "-m", trainer.output_folder_base,
+              "-f", "0", "--simulate-clicks", "1", "--reference", str(reference)])
+    assert not (tmp_path / "pwned").exists()  # the payload never ran

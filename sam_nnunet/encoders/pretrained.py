@@ -30,16 +30,17 @@ class PretrainedChoice:
         return self._sha256
 
 
-def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str] = None) -> PretrainedChoice:
+def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str] = None,
+                   ignore_checkpoint: bool = False) -> PretrainedChoice:
     """Decide the encoder of a training from nnUNet_SAM_checkpoint / nnUNet_SAM_encoder.
 
     A checkpoint decides the model size (and must agree with nnUNet_SAM_encoder when both are set); without one,
     nnUNet_SAM_encoder names it, else ``fallback`` (the encoder of an earlier run in the same output folder), else
-    vit_b. An encoder whose weights ship inside a package loads them from there. Raises CheckpointError with the
-    fix in the message.
+    vit_b. An encoder whose weights ship inside a package loads them from there. ``ignore_checkpoint``: leave
+    nnUNet_SAM_checkpoint unread (the weights come from elsewhere). Raises CheckpointError with the fix in the message.
     """
     families = tuple(families)
-    path = settings.get_str(settings.CHECKPOINT)
+    path = None if ignore_checkpoint else settings.get_str(settings.CHECKPOINT)
     named = settings.get_str(settings.ENCODER)
     named_spec = get_encoder(named) if named else None
 

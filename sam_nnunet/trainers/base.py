@@ -15,6 +15,7 @@ export — is nnU-Net's own):
 
 A method is a short subclass setting ``network_class``, ``network_kwargs``, ``encoder_families`` and its recipe.
 """
+import functools
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -31,7 +32,23 @@ from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, ref
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
+from sam_nnunet.trainers.output_folder import refuse_unwritable_results
 from sam_nnunet.trainers.schedulers import LinearDecayLR
+
+
+def _logs_refusals(method):
+    """A refusal (UserFacingExit) raised in ``method`` also goes to the fold's training log, where it is found with
+    the rest of the run, not only to the terminal."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UserFacingExit as e:
+            if not getattr(e, "logged", False) and getattr(self, "log_file", None):
+                e.logged = True  # once, however many decorated methods it passes through
+                self.print_to_log_file(f"sam-nnunet: {e.message}", also_print_to_console=False)
+            raise
+    return wrapper
 
 
 class SAMTrainerBase(nnUNetTrainer):
@@ -49,8 +66,11 @@ class SAMTrainerBase(nnUNetTrainer):
     grad_clip_norm: Optional[float] = None     # the method's gradient-norm clip, per part (None: nnU-Net's 12 over all)
     grad_clip_parts: Tuple[str, ...] = ()      # submodules clipped each on its own; the other parameters form one part
 
+    @_logs_refusals
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # before nnU-Net creates the fold folder and writes its log there
+        refuse_unwritable_results(self.__class__.__name__, plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
         keep_requested_device(self, device)  # nnU-Net's DDP path would move a CPU trainer to cuda:<rank>
         self.enable_deep_supervision = False
@@ -58,12 +78,11 @@ class SAMTrainerBase(nnUNetTrainer):
         self.weight_decay = self.sam_weight_decay
         if self.sam_oversample_foreground_percent is not None:
             self.oversample_foreground_percent = self.sam_oversample_foreground_percent
+        self._deferred_refusal: Optional[str] = None
         try:
             self._apply_short_run_settings()
             self._check_configuration()
-            self.sam_choice: PretrainedChoice = choose_encoder(
-                self.__class__.__name__, self.encoder_families,
-                self._encoder_of_previous_run() or self.default_encoder)
+            self.sam_choice: PretrainedChoice = self._choose_encoder()
         except (CheckpointError, ValueError) as e:
             raise UserFacingExit(str(e)) from None
         self._write_architecture_into_plans(self.sam_choice.encoder.name)
@@ -86,6 +105,21 @@ class SAMTrainerBase(nnUNetTrainer):
                 f"{self.__class__.__name__} segments {self.spatial_dims}D patches, but configuration "
                 f"'{self.configuration_name}' plans {len(patch)}D patches {list(patch)}. Train a "
                 f"{'3d_fullres or 3d_lowres' if self.spatial_dims == 3 else '2d'} configuration instead.")
+
+    def _choose_encoder(self) -> PretrainedChoice:
+        previous = self._encoder_of_previous_run()
+        try:
+            return choose_encoder(self.__class__.__name__, self.encoder_families, previous or self.default_encoder)
+        except CheckpointError as e:
+            # --val and --c take every weight from nnU-Net's checkpoint: a stale or broken nnUNet_SAM_checkpoint
+            # must not stop them; a training from the start still refuses it (initialize)
+            if previous is None or not settings.get_str(settings.CHECKPOINT) or not any(
+                    isfile(join(self.output_folder, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best")):
+                raise
+            self._deferred_refusal = str(e)
+            self.print_to_log_file(f"{settings.CHECKPOINT} is not usable, and not needed to validate or resume "
+                                   f"this fold (its weights come from nnU-Net's checkpoint): {e}")
+            return choose_encoder(self.__class__.__name__, self.encoder_families, previous, ignore_checkpoint=True)
 
     def _encoder_of_previous_run(self) -> Optional[str]:
         """Encoder recorded by an earlier run of this trainer in the same output folder (resume, --val)."""
@@ -132,7 +166,10 @@ class SAMTrainerBase(nnUNetTrainer):
         net = self.network.module if self.is_ddp else self.network
         return net._orig_mod if isinstance(net, OptimizedModule) else net
 
+    @_logs_refusals
     def initialize(self):
+        if not self._weights_from_nnunet_checkpoint and self._deferred_refusal:
+            raise UserFacingExit(self._deferred_refusal)  # a training from the start needs the SAM weights
         if not self._weights_from_nnunet_checkpoint and not self.sam_choice.has_weights and \
                 not settings.get_flag(settings.ALLOW_RANDOM_INIT):
             # refuse before building anything
@@ -170,6 +207,7 @@ class SAMTrainerBase(nnUNetTrainer):
                 f"smoke test, not a foundation model; results say nothing about the method.\n{banner}\n")
             net.record_pretrained(None, None)
 
+    @_logs_refusals
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         # resuming (--c) or validating (--val): all weights come from nnU-Net's checkpoint, not from SAM's
         self._weights_from_nnunet_checkpoint = True
@@ -186,6 +224,14 @@ class SAMTrainerBase(nnUNetTrainer):
         info = self.sam_network.pretrained_info
         self.print_to_log_file(f"Network weights from nnU-Net checkpoint; pretrained encoder {info.get('encoder')}, "
                                f"checkpoint {info.get('checkpoint')}, sha256 {info.get('sha256')}")
+
+    @_logs_refusals
+    def run_training(self):
+        super().run_training()
+
+    @_logs_refusals
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        super().perform_actual_validation(save_probabilities)
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
