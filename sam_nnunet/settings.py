@@ -6,6 +6,14 @@ nnUNet_SAM_allow_random_init     1: allow training without pretrained weights (s
 nnUNet_SAM_num_epochs            shorten training (smoke tests and demos): number of epochs
 nnUNet_SAM_iterations_per_epoch  shorten training (smoke tests and demos): training iterations per epoch; also
                                  bounds the validation iterations per epoch
+nnUNet_SAM_skip_memory_check     1: train without the start-up memory check (trainers.memory_check)
+nnUNet_SAM_device_memory_gb      the memory check compares with this many GB instead of the device's free memory
+                                 (e.g. to check plans for a smaller GPU)
+nnUNet_SAM_test_checkpoint_pause for the interruption tests only: a checkpoint file name (checkpoint_final.pth);
+                                 writing it stops for good after its first MiB, so that a test can kill the run there
+nnUNet_SAM_cache_copies          ZAP trainers: augmented copies per case in the embedding cache (default 4; 0 trains
+                                 without the cache, running the encoder at every step)
+nnUNet_SAM_cache_dir             where the embedding cache lives (default: the dataset's preprocessed folder)
 """
 import os
 from typing import Optional
@@ -15,6 +23,12 @@ ENCODER = "nnUNet_SAM_encoder"
 ALLOW_RANDOM_INIT = "nnUNet_SAM_allow_random_init"
 NUM_EPOCHS = "nnUNet_SAM_num_epochs"
 ITERATIONS_PER_EPOCH = "nnUNet_SAM_iterations_per_epoch"
+SKIP_MEMORY_CHECK = "nnUNet_SAM_skip_memory_check"
+DEVICE_MEMORY_GB = "nnUNet_SAM_device_memory_gb"
+TEST_CHECKPOINT_PAUSE = "nnUNet_SAM_test_checkpoint_pause"
+
+CACHE_COPIES = "nnUNet_SAM_cache_copies"
+CACHE_DIR = "nnUNet_SAM_cache_dir"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 
@@ -39,3 +53,25 @@ def get_positive_int(name: str) -> Optional[int]:
     if number < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
     return number
+
+
+def get_positive_float(name: str) -> Optional[float]:
+    value = get_str(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name}={value!r} must be a positive number (or unset)")
+    return number
+
+
+def get_non_negative_int(name: str) -> Optional[int]:
+    value = get_str(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{name}={value!r} must be a whole number >= 0 (or unset for the default)")
+    return int(value)

@@ -65,12 +65,13 @@ def write_official_sam_checkpoint(path: str, name: str = "vit_test", seed: int =
 
 
 def make_trainer(trainer_class, dataset: dict, fold: int = 0, configuration: str = "3d_fullres",
-                 plans_name: str = "nnUNetPlans"):
-    """Instantiate a trainer the way nnUNetv2_train does (get_trainer_from_args), on the CPU."""
+                 plans_name: str = "nnUNetPlans", continue_training: bool = False):
+    """Instantiate a trainer the way nnUNetv2_train does (get_trainer_from_args; --c: continue_training), on the
+    CPU."""
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
     plans = load_json(join(dataset["preprocessed"], plans_name + ".json"))
-    plans["continue_training"] = False
+    plans["continue_training"] = continue_training
     dataset_json = load_json(join(dataset["preprocessed"], "dataset.json"))
     return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json,
                          device=torch.device("cpu"))
