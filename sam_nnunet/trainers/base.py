@@ -31,6 +31,7 @@ from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.trainers.checkpoints import atomic_write, checkpoint_to_load, hold_fold_lock
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
 from sam_nnunet.trainers.output_folder import refuse_unwritable_results
 from sam_nnunet.trainers.schedulers import LinearDecayLR
@@ -71,7 +72,9 @@ class SAMTrainerBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         # before nnU-Net creates the fold folder and writes its log there
         refuse_unwritable_results(self.__class__.__name__, plans, configuration, fold)
+        continue_training = bool(plans.get("continue_training", False))  # nnU-Net's __init__ pops it (--c)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.sam_continue_training = continue_training
         keep_requested_device(self, device)  # nnU-Net's DDP path would move a CPU trainer to cuda:<rank>
         self.enable_deep_supervision = False
         self.initial_lr = self.sam_initial_lr
@@ -168,6 +171,7 @@ class SAMTrainerBase(nnUNetTrainer):
 
     @_logs_refusals
     def initialize(self):
+        hold_fold_lock(self)  # one training per fold folder (documentation/reliability.md)
         if not self._weights_from_nnunet_checkpoint and self._deferred_refusal:
             raise UserFacingExit(self._deferred_refusal)  # a training from the start needs the SAM weights
         if not self._weights_from_nnunet_checkpoint and not self.sam_choice.has_weights and \
@@ -211,6 +215,10 @@ class SAMTrainerBase(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         # resuming (--c) or validating (--val): all weights come from nnU-Net's checkpoint, not from SAM's
         self._weights_from_nnunet_checkpoint = True
+        if isinstance(filename_or_checkpoint, str):
+            hold_fold_lock(self)
+            # --c falls back to the newest intact checkpoint; a damaged file ends the run with the fix
+            filename_or_checkpoint = checkpoint_to_load(self, filename_or_checkpoint)
         try:
             super().load_checkpoint(filename_or_checkpoint)
         except RuntimeError as e:
@@ -232,6 +240,13 @@ class SAMTrainerBase(nnUNetTrainer):
     @_logs_refusals
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)  # writes nothing (says so where checkpointing is disabled)
+        # nnU-Net's checkpoint through a temporary file: a kill during the write leaves the previous file whole
+        with atomic_write(filename) as f:
+            super().save_checkpoint(f)  # nnU-Net only hands its argument on to torch.save, which takes a file
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
