@@ -40,7 +40,7 @@ def refuse_unwritable_results(trainer_name: str, plans: dict, configuration: str
     try:
         output_folder = get_output_folder(plans["dataset_name"], trainer_name, plans["plans_name"], configuration,
                                           fold)
-    except (KeyError, RuntimeError, TypeError):  # no nnUNet_results: nnU-Net says so itself
+    except (KeyError, RuntimeError, TypeError, ValueError):  # no nnUNet_results, odd plans: nnU-Net says so itself
         return
     blocked = first_unwritable(output_folder)
     if blocked is not None:
