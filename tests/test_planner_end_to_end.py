@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers import run_cli as run
 
+from sam_nnunet.info import trainer_classes
 from sam_nnunet.planners.plan_and_preprocess import default_trainers
 from sam_nnunet.planners.sam_planner import planned_method, variant_configuration_name
 
@@ -79,11 +80,16 @@ def test_samplanner_sizes_a_configuration_for_every_trainer(cli_dataset, sam_pla
     # SAM 2's frames are square: the planned in-plane axes are equal
     sam2 = plans["configurations"][configuration_of("SAM2_3dMedTrainer")]
     assert sam2["patch_size"][1] == sam2["patch_size"][2]
-    # a recipe variant is sized like its method (the same network, arguments and memory)
+    # a recipe variant is sized like its method (the same network; the arguments it sets itself aside, as
+    # SAMAdapterTrainer_prompted_public's visual sampler)
+    classes = trainer_classes()
     for trainer in set(TRAINERS) - set(TRAINED):
-        variant, method = (plans["configurations"][configuration_of(t)] for t in (trainer, recipe_variant_of(trainer)))
+        parent = recipe_variant_of(trainer)
+        variant, method = (plans["configurations"][configuration_of(t)] for t in (trainer, parent))
         assert (variant["patch_size"], variant["batch_size"]) == (method["patch_size"], method["batch_size"])
-        assert variant["architecture"] == method["architecture"]
+        own = {k: v for k, v in classes[trainer].network_kwargs.items() if classes[parent].network_kwargs.get(k) != v}
+        arch = method["architecture"]
+        assert variant["architecture"] == {**arch, "arch_kwargs": {**arch["arch_kwargs"], **own}}
     assert "SAM2_3dMedTrainer_noAux" in TRAINERS and "SAM2_3dMedTrainer_noAux" not in TRAINED
     fullres = plans["configurations"]["3d_fullres"]
     assert fullres["spacing"] == [1.0, 1.0, 1.0]  # nnU-Net's median spacing of this data
