@@ -253,7 +253,8 @@ def test_geometry_mismatches_are_refused_one_message_each(folders, tmp_path):
     assert len(lines) == 2
     assert lines[0].startswith("case a: the prediction has (20, 32, 32) voxels, the reference (32, 32, 20)")
     assert "Likely cause: transposed axes" in lines[0]
-    assert lines[0].count("spacing (0.5, 1, 3) mm") == 2 and lines[0].count("direction (1, 0, 0, 0, 1, 0, 0, 0, 1)") == 2
+    assert lines[0].count("spacing (0.5, 1, 3) mm") == 2  # both grids named
+    assert lines[0].count("direction (1, 0, 0, 0, 1, 0, 0, 0, 1)") == 2
     assert lines[1].startswith("case b: origin (0, 0, 50) mm, the reference (0, 0, 0) mm (50 mm apart")
     assert "Likely cause: wrong folder" in lines[1]
     assert not os.path.exists(tmp_path / "s.json")  # nothing scored
