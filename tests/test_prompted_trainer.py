@@ -136,7 +136,7 @@ def test_papers_patch_sampling_and_gradient_clipping(synthetic_dataset, results)
                        (SAMAdapterTrainer_prompted, 0.67)):
         trainer = make_trainer(cls, synthetic_dataset)
         trainer.initialize()
-        assert trainer.oversample_foreground_percent == share, cls.__name__
+        assert trainer.oversample_foreground_percent == share and trainer.probabilistic_oversampling, cls.__name__
         net = trainer.sam_network
         trainable = [p for p in net.parameters() if p.requires_grad]
         for p in trainable:

@@ -81,6 +81,9 @@ class SAMTrainerBase(nnUNetTrainer):
         self.weight_decay = self.sam_weight_decay
         if self.sam_oversample_foreground_percent is not None:
             self.oversample_foreground_percent = self.sam_oversample_foreground_percent
+            # drawn per patch, as the papers draw each crop's kind: the share then holds at any batch size (nnU-Net's
+            # fixed scheme forces B - round(B * (1 - share)) patches: 1 of 2 for 0.67 at batch 2, all at batch 1)
+            self.probabilistic_oversampling = True
         self._deferred_refusal: Optional[str] = None
         try:
             self._apply_short_run_settings()

@@ -6,7 +6,7 @@ class SAMAdapterTrainer(SAMTrainerBase):
     """SAM ViT made volumetric with spatial adapters and a multi-layer aggregation decoder.
 
     Recipe of the paper's code: AdamW, lr 4e-4, no weight decay, linear decay to 1% of the initial lr over the
-    training, 2 of 3 training crops centred on foreground; nnU-Net's Dice+CE loss, augmentation and gradient clipping
+    training, 2 of 3 training patches centred on foreground; nnU-Net's Dice+CE loss, augmentation and gradient clipping
     (norm 12 over all parameters; the public automatic variant clips at 12 per part).
     """
     network_class = "sam_nnunet.networks.sam_adapter.SAMAdapterNetwork"
@@ -15,4 +15,4 @@ class SAMAdapterTrainer(SAMTrainerBase):
     sam_initial_lr = 4e-4
     sam_weight_decay = 0.0
     lr_end_factor = 0.01
-    sam_oversample_foreground_percent = 0.67  # 2 of 3 crops on foreground (documentation/sam_adapter.md: the source)
+    sam_oversample_foreground_percent = 0.67  # the public code's crops: RandCropByPosNegLabeld pos=2, neg=1
