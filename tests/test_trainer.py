@@ -261,13 +261,15 @@ def test_model_checkpoints_are_read_without_running_code(synthetic_dataset, resu
     results.setenv("nnUNet_SAM_allow_random_init", "1")
     trainer = make_trainer(SAMAdapterTrainer, synthetic_dataset)
     trainer.initialize()
-    # the training log as nnU-Net's epoch end fills it: numpy scalars among plain values
-    for key, value in (("train_losses", np.mean([np.float32(0.7)])), ("val_losses", np.float64(0.6)),
-                       ("lrs", 1e-4), ("dice_per_class_or_region", [np.float64(0.3)]),
-                       ("epoch_start_timestamps", 1.0), ("epoch_end_timestamps", 2.0),
-                       ("mean_fg_dice", np.nanmean([np.float64(0.3)]))):
-        trainer.logger.log(key, value, 0)
-    trainer._best_ema = np.float64(0.3)
+    # the training log filled by nnU-Net's own epoch hooks (numpy scalars among plain values), from the outputs
+    # train_step and validation_step return
+    trainer.on_train_epoch_start()
+    trainer.on_train_epoch_end([{"loss": np.array(0.7, dtype=np.float32)}])
+    trainer.on_validation_epoch_end([{"loss": np.array(0.6, dtype=np.float32), "tp_hard": np.array([5.0, 3.0]),
+                                      "fp_hard": np.array([1.0, 0.0]), "fn_hard": np.array([2.0, 1.0])}])
+    trainer.logger.log("epoch_end_timestamps", 2.0, trainer.current_epoch)
+    trainer._best_ema = trainer.logger.get_value("ema_fg_dice", step=-1)
+    assert isinstance(trainer._best_ema, np.floating)
     final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
     trainer.save_checkpoint(final)
     save_json(trainer.plans_manager.plans, os.path.join(trainer.output_folder_base, "plans.json"))
