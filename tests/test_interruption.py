@@ -1,5 +1,6 @@
 """Interruption and resume (documentation/reliability.md): atomic checkpoints, safe reads, the choice of what --c
 loads, damaged checkpoints under --c / --val, and the lock that allows one training per fold folder."""
+import contextlib
 import glob
 import os
 import signal
@@ -132,38 +133,76 @@ def _log_text(folder: str) -> str:
     return "".join(open(f).read() for f in sorted(glob.glob(os.path.join(folder, "training_log_*.txt"))))
 
 
+def _start(cmd, env, log_file: str) -> subprocess.Popen:
+    # output to a file: a pipe nobody reads would block the training once full
+    with open(log_file, "w") as out:
+        return subprocess.Popen([os.path.join(BIN, cmd[0])] + cmd[1:], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: the test ends all it started
+
+
+def _wait_for(condition, process: subprocess.Popen, log_file: str, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"exited ({process.returncode}) before {what}:\n{open(log_file).read()[-3000:]}"
+        assert time.time() < deadline, f"no {what} after {timeout} s:\n{open(log_file).read()[-3000:]}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_training_killed_while_writing_a_checkpoint_resumes(cli_dataset, cli_env):
+def test_training_killed_while_writing_a_checkpoint_resumes(cli_dataset, cli_env, sam_env, tmp_path):
     """A real nnUNetv2_train is SIGKILLed in the middle of writing checkpoint_final.pth; a second training of the
-    fold is refused while it runs; --c then resumes (past a damaged checkpoint_latest.pth) and finishes; --val on a
-    damaged checkpoint_final.pth stops with the fix."""
+    fold is refused while the first runs; --c then resumes (past a damaged checkpoint_latest.pth) and finishes the
+    training; --val's load of a damaged checkpoint_final.pth stops with the fix."""
     env, dataset_id, raw = cli_env, cli_dataset["dataset_id"], cli_dataset["raw"]
     train = ["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
     short = dict(env, nnUNet_SAM_encoder="vit_test", nnUNet_SAM_allow_random_init="1", nnUNet_SAM_num_epochs="2",
-                 nnUNet_SAM_iterations_per_epoch="1")
-    fold = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres", "fold_0")
-    final, latest, best = (os.path.join(fold, n) for n in ck.RESUME_ORDER)
+                 nnUNet_SAM_iterations_per_epoch="1", nnUNet_SAM_skip_memory_check="1")
+    fold = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres",
+                        "fold_0")
+    logs = {name: str(tmp_path / f"{name}.log") for name in ("first", "second", "resume")}
 
-    pause = dict(short, nnUNet_SAM_test_checkpoint_pause="checkpoint_final.pth")
-    first = subprocess.Popen([os.path.join(BIN, train[0])] + train[1:], env=pause, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    first = _start(train, dict(short, nnUNet_SAM_test_checkpoint_pause="checkpoint_final.pth"), logs["first"])
+    started = [first]
     try:
-        partial = os.path.join(fold, f".checkpoint_final.pth.{first.pid}.partial")
-        deadline = time.time() + 300
-        while not (os.path.isfile(partial) and os.path.getsize(partial) >= ck._PausingWriter.PAUSE_AFTER):
-            assert first.poll() is None, first.stdout.read().decode()[-3000:]
-            assert time.time() < deadline, "the training never reached checkpoint_final.pth"
-            time.sleep(0.2)
-
-        # while it writes, another training of the fold is refused, naming the running one
-        second = run_cli(train, short, expect_ok=False)
-        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
-        assert "is in use by another training" in second.stderr and f"pid {first.pid} " in second.stderr
-
-        os.kill(first.pid, signal.SIGKILL)  # the training process only: its augmentation workers live on for now
-        first.wait()
+        _killed_while_writing_then_resumed(train, short, env, fold, logs, started)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    # --val (nnU-Net's maybe_load_checkpoint, in-process) with a damaged checkpoint_final.pth: the fix names --c
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    final = os.path.join(fold, "checkpoint_final.pth")
+    _truncate(final)
+    sam_env.setenv("nnUNet_results", env["nnUNet_results"])
+    dataset = {"preprocessed": os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))}
+    with pytest.raises(UserFacingExit, match=r"Cannot load .*checkpoint_final.pth: truncated or corrupt.*intact "
+                                             r"\(checkpoint_best.pth, epoch \d\): `nnUNetv2_train .* --c` continues"):
+        maybe_load_checkpoint(make_trainer(SAMAdapterTrainer, dataset), continue_training=False, validation_only=True)
+
+
+def _killed_while_writing_then_resumed(train, short, env, fold, logs, started) -> None:
+    """The command-line part of the test above; ``started`` collects the processes for the caller to end."""
+    final, latest, best = (os.path.join(fold, n) for n in ck.RESUME_ORDER)
+    first = started[0]
+    lock = os.path.join(fold, fold_lock.LOCK_NAME)
+    _wait_for(lambda: os.path.isfile(lock) and open(lock).read().startswith(f"pid {first.pid} "), first,
+              logs["first"], "lock")
+    # while the first trains, a second training of the fold is refused, naming the first
+    second = _start(train, short, logs["second"])
+    started.append(second)
+    partial = os.path.join(fold, f".checkpoint_final.pth.{first.pid}.partial")
+    _wait_for(lambda: os.path.isfile(partial) and os.path.getsize(partial) >= ck._PausingWriter.PAUSE_AFTER,
+              first, logs["first"], "checkpoint_final.pth being written")
+    assert second.wait(timeout=300) == 1
+    refusal = open(logs["second"]).read()
+    assert "is in use by another training" in refusal and f"pid {first.pid} " in refusal, refusal[-3000:]
+    assert "Traceback" not in refusal
+
+    os.kill(first.pid, signal.SIGKILL)  # the training process only: its forked augmentation workers live on
+    first.wait()
     assert not os.path.exists(final) and os.path.isfile(partial)
     resumable = ck.read_checkpoint(best)  # whole, and readable with weights_only=True
     assert resumable["trainer_name"] == TRAINER and resumable["current_epoch"] in (1, 2)
@@ -171,24 +210,19 @@ def test_training_killed_while_writing_a_checkpoint_resumes(cli_dataset, cli_env
     # a checkpoint_latest.pth truncated by hand: nnU-Net picks it for --c; we fall back to checkpoint_best.pth
     with open(best, "rb") as f, open(latest, "wb") as out:
         out.write(f.read()[:4096])
-    resume = dict(env, nnUNet_SAM_num_epochs="2", nnUNet_SAM_iterations_per_epoch="1")
-    run_cli(train + ["--c"], resume)
+    resume = _start(train + ["--c"], dict(env, nnUNet_SAM_num_epochs="2", nnUNet_SAM_iterations_per_epoch="1",
+                                          nnUNet_SAM_skip_memory_check="1"), logs["resume"])
+    started.append(resume)
+    # until the training is done (nnU-Net's final validation of the fold is not what this tests; the caller ends it)
+    _wait_for(lambda: "Training done." in open(logs["resume"]).read(), resume, logs["resume"], "end of training")
     log = _log_text(fold)
     assert "checkpoint_latest.pth is damaged: truncated or corrupt" in log
     assert f"continuing from checkpoint_best.pth (epoch {resumable['current_epoch']}) instead" in log
     assert f"Removed .checkpoint_final.pth.{first.pid}.partial" in log
     done = ck.read_checkpoint(final)
     assert done["current_epoch"] == 2 and not os.path.exists(latest) and not os.path.exists(partial)
-    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
     # nnU-Net's own loader (the predictor's, weights_only=False) reads what we wrote
     assert torch.load(final, map_location="cpu", weights_only=False)["trainer_name"] == TRAINER
-
-    # --val with a damaged checkpoint_final.pth: one message naming the file and the fix, no traceback
-    _truncate(final)
-    proc = run_cli(train + ["--val"], env, expect_ok=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"Cannot load {final}: truncated or corrupt" in proc.stderr
-    assert "checkpoint_best.pth, epoch" in proc.stderr and " --c` continues the training" in proc.stderr
 
 
 def test_damaged_checkpoints_stop_c_and_val_before_building_the_network(cli_dataset, sam_env, tmp_path):
