@@ -16,7 +16,8 @@ os.environ.update(required_environment(os.path.join(_SESSION_ROOT, "nnunet")))
 os.environ.setdefault("nnUNet_def_n_proc", "2")
 # (not nnUNet_n_proc_DA=0 here: nnU-Net's planner calls torch.set_num_threads() with it and fails on 0)
 for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
-             "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile"):
+             "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile",
+             "nnUNet_SAM_skip_memory_check", "nnUNet_SAM_device_memory_gb"):
     os.environ.pop(_var, None)
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.makedirs(os.environ[_key], exist_ok=True)
@@ -56,7 +57,8 @@ def tiny_sam_checkpoint(tmp_path_factory):
 def sam_env(monkeypatch):
     """Clean sam-nnunet variables for one test; returns monkeypatch to set them."""
     for var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
-                "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch"):
+                "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_SAM_skip_memory_check",
+                "nnUNet_SAM_device_memory_gb"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 

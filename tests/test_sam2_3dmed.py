@@ -309,6 +309,7 @@ def test_trainer_loads_weights_after_init_and_keeps_frozen_weights(synthetic_dat
     sam_env.setenv("nnUNet_SAM_checkpoint", path)
     sam_env.setenv("nnUNet_SAM_iterations_per_epoch", "1")
     sam_env.setenv("nnUNet_n_proc_DA", "0")  # in-process data augmentation: quick start-up, no worker processes
+    sam_env.setenv("nnUNet_SAM_skip_memory_check", "1")  # its SAM 2 trace costs more than this test (test_memory_check)
     # the default plans with 8 instead of 40 slices per patch (a fifth of the slice steps; the stock CLI test below
     # trains on unmodified default plans)
     plans = load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
@@ -350,8 +351,11 @@ def test_stock_cli_trains_and_predicts(cli_dataset, cli_env, tmp_path):
     import SimpleITK as sitk
 
     env, dataset_id, raw = cli_env, cli_dataset["dataset_id"], cli_dataset["raw"]
+    # the memory check skipped through the command line: its trace of 2 x 40 SAM 2 steps would take minutes here
+    # (test_memory_check.py tests the check)
     train_env = dict(env, nnUNet_SAM_encoder="sam2_test", nnUNet_SAM_allow_random_init="1",
-                     nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="1", nnUNet_n_proc_DA="0")
+                     nnUNet_SAM_num_epochs="1", nnUNet_SAM_iterations_per_epoch="1", nnUNet_n_proc_DA="0",
+                     nnUNet_SAM_skip_memory_check="1")
     run_cli(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], train_env)
     model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{TRAINER}__nnUNetPlans__3d_fullres")
     arch = json.load(open(os.path.join(model, "plans.json")))["configurations"]["3d_fullres"]["architecture"]
@@ -360,6 +364,7 @@ def test_stock_cli_trains_and_predicts(cli_dataset, cli_env, tmp_path):
     fold = os.path.join(model, "fold_0")
     log = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
     assert "RANDOM weights" in log and "train loss terms: segmentation" in log and ", srpp " in log and ", bd " in log
+    assert "Memory check skipped (nnUNet_SAM_skip_memory_check=1)" in log
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
 
     predictions = str(tmp_path / "pred")

@@ -289,6 +289,8 @@ class SAMPlanner(ExperimentPlanner):
                 "encoder": method.encoder,
                 "memory_target_gb": float(self.UNet_vram_target_GB),
                 "estimated_memory_gb": round(sizing.estimate.peak_gb, 4),
+                # what the estimate is for: the trainer's start-up memory check reuses it only while they are unchanged
+                "patch_size": list(sizing.patch_size), "batch_size": sizing.batch_size,
                 "estimate": ESTIMATE_DESCRIPTION,
                 "token_grid": sizing.grid.describe() if method.profile else
                 "no profile registered for this trainer: any patch length",

@@ -33,6 +33,7 @@ from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.trainers.checkpoints import atomic_write, checkpoint_to_load, hold_fold_lock
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
+from sam_nnunet.trainers.memory_check import check_memory_before_training
 from sam_nnunet.trainers.output_folder import refuse_unwritable_results
 from sam_nnunet.trainers.schedulers import LinearDecayLR
 
@@ -63,6 +64,9 @@ class SAMTrainerBase(nnUNetTrainer):
     sam_initial_lr: float = 1e-4
     sam_weight_decay: float = 0.0
     lr_end_factor: float = 0.01                # linear decay to this fraction of the initial lr
+    # CUDA peak under nnU-Net's autocast / fp32 memory estimate, the lowest measured (ViT-B methods 0.65-0.75 on an
+    # H100, documentation/cuda.md): the start-up memory check stops only where even this share cannot fit
+    cuda_autocast_memory_factor: float = 0.65
     sam_oversample_foreground_percent: Optional[float] = None  # foreground-centred share of patches (None: nnU-Net's)
     grad_clip_norm: Optional[float] = None     # the method's gradient-norm clip, per part (None: nnU-Net's 12 over all)
     grad_clip_parts: Tuple[str, ...] = ()      # submodules clipped each on its own; the other parameters form one part
@@ -194,6 +198,13 @@ class SAMTrainerBase(nnUNetTrainer):
                                    f"iterations (+{self.num_val_iterations_per_epoch} validation iterations)")
         if not self._weights_from_nnunet_checkpoint:
             self._load_pretrained_weights()
+
+    def on_train_start(self):
+        # training only (not --val), before data loaders start: stop here if the step cannot fit on the device
+        if not self.was_initialized:
+            self.initialize()
+        check_memory_before_training(self)
+        super().on_train_start()
 
     def _load_pretrained_weights(self) -> None:
         net, choice = self.sam_network, self.sam_choice

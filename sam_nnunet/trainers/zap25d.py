@@ -16,6 +16,7 @@ class ZAP25DSAMTrainer(SAMTrainerBase):
     sam_initial_lr = 1e-4
     sam_weight_decay = 1e-5
     lr_end_factor = 0.1
+    cuda_autocast_memory_factor = 1.0  # H100: peak 1.2x the estimate (cuDNN workspace?): no autocast discount
     sam_oversample_foreground_percent = 0.95  # the public code's crops: RandCropByPosNegLabeld pos 0.95, neg 0.05
 
     def _write_architecture_into_plans(self, encoder: str) -> None:
