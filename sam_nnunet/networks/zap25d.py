@@ -23,7 +23,7 @@ Encoder passes per patch: (D + H + W) / 4 (after padding), e.g. 34 for nnU-Net's
 ``forward`` = ``decode(*embed(x))``: the frozen part (``embed``, without autograd) and the trained part (``decode``)
 are separate, so the encoder can run once for several decodings (prompts: ``networks/zap25d_prompted.py``).
 """
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,52 @@ class PlaneEmbedding(NamedTuple):
     dense: torch.Tensor            # (1, C, 1, 1): SAM's "no mask" embedding
     batch: int                     # B
     slice_shape: Tuple[int, int]   # (a, b): the slices' size in voxels
+
+
+class CachedEmbeddings:
+    """What ``ZAP25DNetwork.embed`` computes for a batch of patches, kept apart from the network: the frozen
+    encoder's output per orientation, so that training can run the trained decoder alone (the embedding cache,
+    ``sam_nnunet.trainers.embedding_cache``). The network takes it in place of the patch tensor: nnU-Net's
+    ``train_step`` moves ``batch['data']`` with ``.to(device)`` and calls ``network(data)``, both of which work on it.
+
+    embeddings: {axis: (B * S / pool, C, gh, gw)} sample-major, as ``PlaneEmbedding.embeddings``;
+    slice_shapes: {axis: (a, b)}; spatial: the patch size before the network's padding.
+    """
+
+    def __init__(self, embeddings: Dict[int, torch.Tensor], slice_shapes: Dict[int, Tuple[int, int]],
+                 spatial: Tuple[int, ...], batch: int) -> None:
+        self.embeddings = embeddings
+        self.slice_shapes = slice_shapes
+        self.spatial = tuple(spatial)
+        self.batch = batch
+
+    def to(self, device=None, dtype=None, non_blocking: bool = False) -> "CachedEmbeddings":
+        return CachedEmbeddings({a: e.to(device=device, dtype=dtype, non_blocking=non_blocking)
+                                 for a, e in self.embeddings.items()}, self.slice_shapes, self.spatial, self.batch)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        # nnU-Net and torch code that asks a batch for its shape get (B, ?, *patch)
+        return (self.batch, 0, *self.spatial)
+
+    @classmethod
+    def of(cls, planes: Dict[int, "PlaneEmbedding"], spatial: Tuple[int, ...]) -> "CachedEmbeddings":
+        first = next(iter(planes.values()))
+        return cls({a: p.embeddings for a, p in planes.items()}, {a: p.slice_shape for a, p in planes.items()},
+                   spatial, first.batch)
+
+    @staticmethod
+    def concatenate(items: Sequence["CachedEmbeddings"]) -> "CachedEmbeddings":
+        first = items[0]
+        if any(i.spatial != first.spatial or i.slice_shapes != first.slice_shapes for i in items):
+            raise ValueError("cached embeddings of different patch sizes cannot form one batch")
+        return CachedEmbeddings({a: torch.cat([i.embeddings[a] for i in items]) for a in first.embeddings},
+                                first.slice_shapes, first.spatial, sum(i.batch for i in items))
+
+    def sample(self, i: int) -> "CachedEmbeddings":
+        """The embeddings of sample i of the batch."""
+        return CachedEmbeddings({a: e.unflatten(0, (self.batch, -1))[i] for a, e in self.embeddings.items()},
+                                self.slice_shapes, self.spatial, 1)
 
 
 def fixed_colour_projection(adapter: InputChannelAdapter) -> None:
@@ -163,9 +209,14 @@ class ZAP25DNetwork(SAMNetworkBase):
         self.encoder.eval()  # frozen encoder (with BatchNorm for LiteMedSAM) always as at inference
         return self
 
-    def embed(self, x: torch.Tensor) -> Tuple[Dict[int, PlaneEmbedding], Tuple[int, ...]]:
+    def embed(self, x: Union[torch.Tensor, CachedEmbeddings]) -> Tuple[Dict[int, PlaneEmbedding], Tuple[int, ...]]:
         """The frozen part, without autograd: x (B, C_in, D, H, W) -> ({axis: PlaneEmbedding of the slices along
-        that axis (2, 3, 4) of the padded patch}, spatial size of x)."""
+        that axis (2, 3, 4) of the padded patch}, spatial size of x). ``CachedEmbeddings`` (the encoder's output
+        computed earlier) skip the encoder."""
+        if isinstance(x, CachedEmbeddings):
+            dtype = self.decoder.sam.mask_tokens.weight.dtype  # the cache stores half precision
+            return {axis: self._plane(e.to(dtype), x.batch, x.slice_shapes[axis])
+                    for axis, e in x.embeddings.items()}, x.spatial
         padded, spatial = pad_to_multiple(x, (self.pool,) * 3)
         image = self.channels(padded)
         return {axis: self._embed_plane(image, axis) for axis in (2, 3, 4)}, spatial
@@ -181,10 +232,14 @@ class ZAP25DNetwork(SAMNetworkBase):
         groups = stack.reshape(b * s // self.pool, self.pool, c, height, width)
         with torch.no_grad():  # ZAP's memory advantage: no activations of the frozen encoder are kept
             embeddings = torch.cat([self.encoder(g) for g in groups.split(self.encoder_batch)])
+        return self._plane(embeddings, b, (height, width))
+
+    def _plane(self, embeddings: torch.Tensor, batch: int, slice_shape: Tuple[int, int]) -> PlaneEmbedding:
+        with torch.no_grad():
             grid = tuple(embeddings.shape[-2:])
             image_pe = self.prompt_encoder.pe_layer(grid).unsqueeze(0).to(embeddings.dtype)
             dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(embeddings.dtype)
-        return PlaneEmbedding(embeddings, image_pe, dense, b, (height, width))
+        return PlaneEmbedding(embeddings, image_pe, dense, batch, tuple(slice_shape))
 
     def decode(self, planes: Dict[int, PlaneEmbedding], spatial: Tuple[int, ...],
                prompts: Optional[Dict[int, object]] = None) -> torch.Tensor:
@@ -233,5 +288,5 @@ class ZAP25DNetwork(SAMNetworkBase):
         return F.interpolate(masks, size=tuple(masks.shape[i] * (self.pool if i == axis else 1) for i in (2, 3, 4)),
                              mode="trilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Union[torch.Tensor, CachedEmbeddings]) -> torch.Tensor:
         return self.decode(*self.embed(x))

@@ -102,7 +102,7 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
         """x (B, C_in, D, H, W); point_coords (B, N, 3) voxel coordinates in x along (D, H, W); point_labels (B, N)
         long (see ``sam_nnunet.prompts.clicks``). Without clicks: automatic mode. -> logits (B, num_classes, D, H, W)
         """
-        planes, spatial = self.embed(x)
+        planes, spatial = self.embed(x)  # x: a patch, or its CachedEmbeddings
         if point_coords is None or point_coords.shape[1] == 0:
             return self.decode(planes, spatial)
-        return self.decode(planes, spatial, self.plane_prompts(point_coords, point_labels, x.shape[2:]))
+        return self.decode(planes, spatial, self.plane_prompts(point_coords, point_labels, spatial))

@@ -1,9 +1,10 @@
 """ZAP25DSAMTrainer: ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, on nnU-Net's plans."""
 from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT
 from sam_nnunet.trainers.base import SAMTrainerBase
+from sam_nnunet.trainers.embedding_cache import EmbeddingCacheMixin
 
 
-class ZAP25DSAMTrainer(SAMTrainerBase):
+class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
     """Tri-planar 2.5D SAM with zero added parameters: frozen encoder on pseudo-slices, only SAM's mask decoder trains.
 
     Recipe of the paper's code: AdamW, lr 1e-4, weight decay 1e-5, linear decay to 0.1x of the initial lr over the

@@ -1,0 +1,131 @@
+"""The embedding cache of the ZAP trainers: what it stores equals what the encoder computes, it is keyed by what it
+depends on, an interrupted build resumes, training steps run the decoder alone, a short disk is refused."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer
+
+from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.networks.zap25d import CachedEmbeddings
+from sam_nnunet.trainers import ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
+from sam_nnunet.trainers.embedding_cache import EmbeddingCache, _draw_copies, state_sha256
+
+
+@pytest.fixture
+def cached(sam_env, tmp_path, synthetic_dataset):
+    sam_env.setenv("nnUNet_results", str(tmp_path / "results"))
+    sam_env.setenv("nnUNet_n_proc_DA", "0")
+    sam_env.setenv("nnUNet_SAM_encoder", "vit_test")
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+    sam_env.setenv("nnUNet_SAM_cache_copies", "2")
+    sam_env.setenv("nnUNet_SAM_cache_dir", str(tmp_path / "cache"))
+    return sam_env
+
+
+class _CountingEncoder:
+    """Counts the frozen encoder's calls (pseudo-slice groups) of a network."""
+
+    def __init__(self, net, monkeypatch):
+        self.calls = 0
+        original = net.encoder.forward
+
+        def counted(groups):
+            self.calls += 1
+            return original(groups)
+        monkeypatch.setattr(net.encoder, "forward", counted)
+
+
+def _entries(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+
+
+def test_cached_patches_are_the_encoders_output_and_training_runs_the_decoder_alone(synthetic_dataset, cached,
+                                                                                    monkeypatch):
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    trainer.on_train_start()
+    cache = trainer.embedding_cache()
+    files = _entries(cache.folder)
+    assert len(files) == 2 * 8  # 2 copies of the 6 training and 2 validation cases of fold 0
+    net = trainer.sam_network.eval()
+
+    # an entry is what the encoder gives for the copy nnU-Net's loader draws again from the same seed
+    _, dataset_tr, initial, transforms = trainer.embedding_cache_sources()[0]
+    case = dataset_tr.identifiers[0]
+    entry_path = trainer.dataloader_train.entries[case][1]
+    embeddings, target = EmbeddingCache.read(entry_path)
+    (data, again), = _draw_copies(dataset_tr, case, [1], cache.digest, initial, trainer.configuration_manager.patch_size,
+                                  trainer.label_manager, trainer.oversample_foreground_percent, transforms)
+    assert torch.equal(again, target)
+    with torch.no_grad():
+        uncached = net(data[None])
+        from_cache = net(embeddings)
+    torch.testing.assert_close(from_cache, uncached, rtol=2e-2, atol=2e-3)  # stored in float16
+
+    # training and validation steps from the cache: the decoder learns, the encoder never runs
+    counter = _CountingEncoder(net, monkeypatch)
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    trainer.on_train_epoch_start()
+    batch = next(trainer.dataloader_train)
+    assert isinstance(batch["data"], CachedEmbeddings) and batch["data"].batch == trainer.batch_size
+    losses = [trainer.train_step(next(trainer.dataloader_train))["loss"] for _ in range(2)]
+    trainer.on_validation_epoch_start()
+    val = trainer.validation_step(next(trainer.dataloader_val))
+    assert all(np.isfinite(losses)) and np.isfinite(val["loss"])
+    assert counter.calls == 0
+    assert all(torch.equal(p, frozen[n]) for n, p in net.named_parameters() if n in frozen)
+    assert any(not torch.equal(p, trained[n]) for n, p in net.named_parameters() if n in trained)
+    trainer.on_train_end()
+
+
+def test_key_resume_and_stale_entries(synthetic_dataset, cached, monkeypatch):
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    trainer.initialize()
+    cache = trainer.embedding_cache()
+    # interrupted build: one entry present, one half-written temporary file (never read, never counted)
+    os.makedirs(cache.folder, exist_ok=True)
+    trainer.get_dataloaders()
+    files = _entries(cache.folder)
+    victim = os.path.join(cache.folder, files[0])
+    os.remove(victim)
+    open(victim + ".tmp123", "wb").write(b"half")
+    counter = _CountingEncoder(trainer.sam_network, monkeypatch)
+    trainer.get_dataloaders()
+    per_patch = counter.calls
+    assert per_patch > 0 and _entries(cache.folder) == files  # only the missing entry was encoded again
+    trainer.get_dataloaders()
+    assert counter.calls == per_patch  # complete: nothing encoded
+
+    # the key follows the frozen weights and the network's arguments; a case's files change its entries' names
+    digest = cache.digest
+    with torch.no_grad():
+        next(trainer.sam_network.encoder.parameters()).add_(1.0)
+    assert trainer.embedding_cache().digest != digest
+    assert state_sha256(trainer.sam_network.encoder) != cache.key["frozen_sha256"]
+    case = files[0].split("__")[0]
+    data_file = [f for f in os.listdir(trainer.preprocessed_dataset_folder) if f.startswith(case + ".")][0]
+    path = os.path.join(trainer.preprocessed_dataset_folder, data_file)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    from sam_nnunet.trainers.embedding_cache import case_fingerprint
+    assert case_fingerprint(trainer.preprocessed_dataset_folder, case) != files[0].split("__")[1]
+
+
+def test_a_short_disk_is_refused_before_filling_it(synthetic_dataset, cached, monkeypatch):
+    trainer = make_trainer(ZAP25DSAMTrainer_prompted, synthetic_dataset)
+    trainer.initialize()
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=2 ** 20))
+    with pytest.raises(UserFacingExit, match="nnUNet_SAM_cache_copies=0"):
+        trainer.get_dataloaders()
+    assert len(_entries(trainer.embedding_cache().folder)) == 1  # stopped after the first entry
+
+
+def test_without_the_cache_it_is_nnunets_loader(synthetic_dataset, cached):
+    cached.setenv("nnUNet_SAM_cache_copies", "0")
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    trainer.initialize()
+    train, _ = trainer.get_dataloaders()
+    assert isinstance(next(train)["data"], torch.Tensor)
