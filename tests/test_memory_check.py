@@ -46,7 +46,7 @@ def test_a_step_that_cannot_fit_stops_before_training_with_the_fix(synthetic_dat
     estimate = float(re.search(r"needs ([0-9.]+) GB for one training step in fp32 \(traced now", message).group(1))
     assert estimate > 0.02
     assert "nnUNet_SAM_device_memory_gb=0.02 has 0.02 GB of 0.02 GB" in message
-    assert "`sam-nnunet plan_and_preprocess -d 990 -pl SAMPlanner -tr SAMAdapterTrainer -gpu_memory_target 1`" \
+    assert "`sam-nnunet plan_and_preprocess -d 990 -pl SAMPlanner -tr SAMAdapterTrainer -gpu_memory_target 0.018`" \
         in message and "`-p nnUNetSAMPlans`" in message and "nnUNet_SAM_skip_memory_check=1" in message
     assert trainer.dataloader_train is None  # stopped before any data loading or iteration
     assert "does NOT fit" in _log_text(trainer)
@@ -115,6 +115,6 @@ def test_cuda_free_memory_and_autocast_margin(synthetic_dataset, results, monkey
     assert message is None and "fits only thanks to autocast" in line
     assert "at least 6.50 GB with nnU-Net's autocast (0.65 x" in line
     message, _ = memory_check.memory_refusal(trainer, 10 * gb, "test", cuda, gb, "cpu")
-    assert "has 8.00 GB of 24.00 GB" in message and "-gpu_memory_target 7`" in message
+    assert "has 8.00 GB of 24.00 GB" in message and "-gpu_memory_target 7.2`" in message
     message, _ = memory_check.memory_refusal(trainer, 13 * gb, "test", cuda, gb, "cuda")
     assert message is not None and "at least 8.45 GB with nnU-Net's autocast" in message

@@ -114,6 +114,7 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
         assert all(grid.fits(a, p) for a, p in enumerate(patch))
         assert estimate(patch, batch).peak_bytes <= target_gb * 1e9
         assert cfg["sam_planner"]["estimated_memory_gb"] == pytest.approx(estimate(patch, batch).peak_gb, abs=1e-4)
+        assert (cfg["sam_planner"]["patch_size"], cfg["sam_planner"]["batch_size"]) == (list(patch), batch)
         # nothing larger would have fitted: the previous candidate at the same batch floor, the next batch size
         candidates = planner.patch_candidates(grid, cfg["spacing"], cfg["median_image_size_in_voxels"])
         index = candidates.index(patch)

@@ -117,6 +117,14 @@ def estimate_step_memory(trainer, patch: Tuple[int, ...], batch_size: int) -> Tu
     return int(peak), f"traced now in {seconds:.1f} s"
 
 
+def _round_down(gb: float) -> str:
+    """A memory target for the message: ``gb`` rounded down to two significant digits (21.6 -> 21, 0.018 -> 0.018)."""
+    if gb <= 0:
+        return "0.01"
+    decimals = max(0, 1 - math.floor(math.log10(gb)))
+    return f"{math.floor(gb * 10 ** decimals) / 10 ** decimals:.{decimals}f}"
+
+
 def resident_bytes(network: torch.nn.Module) -> int:
     """Parameters and buffers of the network: already on the device when the check runs."""
     return sum(t.numel() * t.element_size() for t in list(network.parameters()) + list(network.buffers()))
@@ -140,7 +148,7 @@ def memory_refusal(trainer, peak: int, source: str, memory: DeviceMemory, reside
         if device_type == "cuda" and peak - resident > memory.free_bytes:
             line += " (fits only thanks to autocast: little room left)"
         return None, line + ": fits"
-    target = max(1, math.floor((memory.free_bytes + resident) / 1e9 * 0.9))
+    target = _round_down((memory.free_bytes + resident) / 1e9 * 0.9)
     dataset = trainer.plans_manager.dataset_name
     dataset_id = int(dataset[7:10]) if dataset.startswith("Dataset") and dataset[7:10].isdigit() else dataset
     message = (
