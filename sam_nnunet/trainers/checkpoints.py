@@ -132,10 +132,13 @@ def remove_partial_files(folder: str) -> List[str]:
 
 def fsync_folder(folder: str) -> None:
     # the rename itself is durable only once the folder's entry is on disk
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; the rename is still atomic
+        return
     try:
         os.fsync(fd)
-    except OSError:  # some file systems (and platforms) cannot fsync a folder; the rename is still atomic
+    except OSError:  # some file systems cannot fsync a folder
         pass
     finally:
         os.close(fd)
@@ -210,7 +213,11 @@ def checkpoint_to_load(trainer, filename: str) -> str:
     naming the damaged file and the fix where nothing usable is left.
 
     The first load of a --c run (nnU-Net picked final, else latest, else best) falls back to the newest intact
-    checkpoint of the fold and says so in the log; any other load (--val, --val_best) must read the file it names."""
+    checkpoint of the fold and says so in the log; any other load (--val, --val_best) must read the file it names.
+
+    The check reads the file with weights_only=True (tensors memory-mapped, not read); nnU-Net's load_checkpoint then
+    reads the path it is given, with weights_only=False, but only a file that passed. (Handing it the dict instead is
+    not possible: nnunetv2 2.8's load_checkpoint accepts a dict in its signature only.)"""
     folder = trainer.output_folder
     resuming = (getattr(trainer, "sam_continue_training", False)
                 and not getattr(trainer, "_resume_checkpoint_chosen", False)
