@@ -129,3 +129,9 @@ def test_without_the_cache_it_is_nnunets_loader(synthetic_dataset, cached):
     trainer.initialize()
     train, _ = trainer.get_dataloaders()
     assert isinstance(next(train)["data"], torch.Tensor)
+    # by default a short run, which would encode more patches for the cache than it trains on, runs uncached
+    cached.delenv("nnUNet_SAM_cache_copies")
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 5, 1
+    assert isinstance(next(trainer.get_dataloaders()[0])["data"], torch.Tensor)  # 24 draws < 2 x 4 x 8 encodings
+    trainer.num_epochs = 6  # 72 draws >= 64
+    assert isinstance(next(trainer.get_dataloaders()[0])["data"], CachedEmbeddings)

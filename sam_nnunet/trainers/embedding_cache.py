@@ -230,7 +230,8 @@ def _check_disk(folder: str, needed: int, what: str) -> None:
 class EmbeddingCacheMixin:
     """Mixed into a trainer whose network has ``embed`` / ``decode`` and takes ``CachedEmbeddings`` (ZAP): nnU-Net's
     training and validation loaders are replaced by ``CachedBatches`` over a cache built (or completed) at the start
-    of training. ``nnUNet_SAM_cache_copies`` sets K (0: no cache, every step runs the encoder)."""
+    of training. ``nnUNet_SAM_cache_copies`` sets K (0: no cache, every step runs the encoder); by default K = 4
+    where the training draws at least twice as many patches as the cache encodes, else no cache (short runs)."""
 
     cache_copies: int = DEFAULT_COPIES
 
@@ -277,10 +278,20 @@ class EmbeddingCacheMixin:
         copies = self.embedding_cache_copies()
         if not copies:
             return super().get_dataloaders()
+        sources = self.embedding_cache_sources()
+        encodings = copies * sum(len(dataset.identifiers) for _, dataset, _, _ in sources)
+        draws = self.num_epochs * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch) * \
+            self.batch_size
+        if settings.get_str(settings.CACHE_COPIES) is None and draws < 2 * encodings:
+            # a short run (smoke test, demo) would spend more on building the cache than on encoding every patch
+            self.print_to_log_file(
+                f"Embedding cache not used: this training draws {draws} patches, the cache would encode "
+                f"{encodings}; every step runs the encoder ({settings.CACHE_COPIES}=N forces a cache of N copies)")
+            return super().get_dataloaders()
         cache = self.embedding_cache()
         folder, patch = self.preprocessed_dataset_folder, self.configuration_manager.patch_size
         loaders = []
-        for what, dataset, size, transforms in self.embedding_cache_sources():
+        for what, dataset, size, transforms in sources:
             fingerprints = {c: case_fingerprint(folder, c) for c in dataset.identifiers}
             if self.local_rank == 0:
                 build_cache(cache, self.sam_network, dataset, fingerprints, copies, size, patch, self.label_manager,
