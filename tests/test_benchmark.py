@@ -79,6 +79,10 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
         assert 0 <= fg["Dice"] <= 1 and 0 <= fg["NSD"] <= 1
         assert os.path.isfile(os.path.join(clicks["output_folder"], f"{n}_clicks", "clicks.json"))
 
+    # loader set-up timed apart from the steps; a two-iteration run does not build ZAP's embedding cache
+    assert prompted["loaders"]["embedding_cache"] is False and "embedding_cache" not in baseline["loaders"]
+    assert baseline["loaders"]["setup_seconds"] > 0
+
     # parameters: the U-Net is all trainable and all added; the SAM network has frozen pretrained parts
     p = baseline["parameters"]
     assert p["total"] == p["trainable"] == p["added"] > 0 and p["pretrained"] == p["frozen"] == 0

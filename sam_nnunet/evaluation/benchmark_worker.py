@@ -110,6 +110,20 @@ def _summary_of_steps(starts: List[float], ends: List[float], epoch_of: List[int
             "step_seconds": [round(c, 4) for c in compute]}
 
 
+def _loader_summary(trainer, seconds: List[float]) -> Dict:
+    """Set-up time of the training loaders and, for trainers with an embedding cache, whether it was used and its
+    size (cases x copies encoded, or found)."""
+    summary = {"setup_seconds": float(sum(seconds))}
+    entries = getattr(trainer.dataloader_train, "entries", None)
+    if entries is not None:
+        copies = len(next(iter(entries.values())))
+        cases = len(entries) + len(trainer.dataloader_val.entries)
+        summary.update({"embedding_cache": True, "copies": copies, "cases": cases})  # setup: build or find it
+    elif hasattr(trainer, "embedding_cache_copies"):
+        summary["embedding_cache"] = False
+    return summary
+
+
 def train(spec: dict, progress: Progress) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
@@ -147,6 +161,18 @@ def train(spec: dict, progress: Progress) -> dict:
         return out
 
     trainer.train_step = timed_step
+    # the loaders' set-up: for the ZAP trainers the one-off embedding cache build (all cases x copies), else nnU-Net's
+    # loader start; timed apart from the steps, and reported beside them
+    loader_seconds = []
+    original_loaders = trainer.get_dataloaders
+
+    def timed_loaders():
+        start = time.perf_counter()
+        out = original_loaders()
+        loader_seconds.append(time.perf_counter() - start)
+        return out
+
+    trainer.get_dataloaders = timed_loaders
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     progress("train", 0, total)
@@ -166,6 +192,7 @@ def train(spec: dict, progress: Progress) -> dict:
                      "patch_size": [int(p) for p in trainer.configuration_manager.patch_size],
                      "final_train_loss": float(log("train_losses", -1))},
         "memory": memory,
+        "loaders": _loader_summary(trainer, loader_seconds),
         "network": f"{type(network).__module__}.{type(network).__name__}",
         "pretrained": getattr(network, "pretrained_info", None),
         "model_folder": trainer.output_folder_base,
