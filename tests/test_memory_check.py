@@ -92,7 +92,8 @@ def test_plans_sized_by_samplanner_are_not_traced_again(synthetic_dataset, resul
     trainer.initialize()
     monkeypatch.setattr(memory_check, "TrainingMemoryEstimator", None)  # any trace would fail
     patch, batch = tuple(cfg["patch_size"]), cfg["batch_size"]
-    assert memory_check.estimate_step_memory(trainer, patch, batch) == (int(0.5e9), "SAMPlanner's estimate in the plans")
+    planned = memory_check.estimate_step_memory(trainer, patch, batch)
+    assert planned == (int(0.5e9), "SAMPlanner's estimate in the plans")
     # another batch size than planned (e.g. per DDP process): the plans' figure does not apply
     with pytest.raises(TypeError):
         memory_check.estimate_step_memory(trainer, patch, batch - 1)

@@ -142,7 +142,8 @@ def memory_refusal(trainer, peak: int, source: str, memory: DeviceMemory, reside
     estimate = f"{peak / 1e9:.2f} GB for one training step in fp32 ({source})"
     if device_type == "cuda":
         estimate += f", at least {peak * factor / 1e9:.2f} GB with nnU-Net's autocast ({factor:g} x, cuda.md)"
-    offered = f"{memory.description} has {(memory.free_bytes + resident) / 1e9:.2f} GB of {memory.total_bytes / 1e9:.2f} GB"
+    offered = (f"{memory.description} has {(memory.free_bytes + resident) / 1e9:.2f} GB of "
+               f"{memory.total_bytes / 1e9:.2f} GB")
     line = f"Memory check: {what} needs {estimate}; {offered}"
     if need <= memory.free_bytes:
         if device_type == "cuda" and peak - resident > memory.free_bytes:
