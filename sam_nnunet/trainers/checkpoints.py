@@ -220,11 +220,10 @@ def checkpoint_to_load(trainer, filename: str) -> str:
     not possible: nnunetv2 2.8's load_checkpoint accepts a dict in its signature only.)"""
     folder = trainer.output_folder
     resuming = (getattr(trainer, "sam_continue_training", False)
-                and not getattr(trainer, "_resume_checkpoint_chosen", False)
+                and not trainer.was_initialized  # --c loads before training; --val_best after it
                 and os.path.basename(filename) in RESUME_ORDER
                 and os.path.abspath(os.path.dirname(filename)) == os.path.abspath(folder))
     if resuming:
-        trainer._resume_checkpoint_chosen = True
         try:
             path, epoch, damaged = choose_resume_checkpoint(folder, filename)
         except DamagedCheckpoint as e:
@@ -261,7 +260,7 @@ def _reasons(errors: List[DamagedCheckpoint]) -> str:
 def hold_fold_lock(trainer) -> None:
     """Takes the lock of the trainer's fold folder (rank 0 only, once per trainer), or ends the run with the message.
     Then clears temporary checkpoint files of an interrupted run: holding the lock, no other writer can exist."""
-    if trainer.local_rank != 0 or getattr(trainer, "_holds_fold_lock", False):
+    if trainer.local_rank != 0 or trainer.output_folder is None or getattr(trainer, "_holds_fold_lock", False):
         return
     try:
         locked = fold_lock.acquire(trainer.output_folder, trainer)
