@@ -1,0 +1,27 @@
+"""The shorter schedules (``-tr ZAP25DSAMTrainer_250epochs``) through nnU-Net's own trainer lookup."""
+import pytest
+from helpers import make_trainer
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from sam_nnunet.trainers import SAM2_3dMedTrainer, ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
+
+
+@pytest.mark.parametrize("name, parent, epochs", [
+    ("ZAP25DSAMTrainer_250epochs", ZAP25DSAMTrainer, 250), ("ZAP25DSAMTrainer_100epochs", ZAP25DSAMTrainer, 100),
+    ("ZAP25DSAMTrainer_prompted_250epochs", ZAP25DSAMTrainer_prompted, 250),
+    ("SAM2_3dMedTrainer_100epochs", SAM2_3dMedTrainer, 100)])
+def test_nnunet_finds_the_schedules(name, parent, epochs):
+    cls = recursive_find_trainer_class_by_name(name)
+    assert cls is not None and issubclass(cls, parent) and cls.epochs == epochs
+    assert cls.network_class == parent.network_class
+
+
+def test_epochs_set_and_the_short_run_variables_still_win(synthetic_dataset, sam_env, tmp_path):
+    sam_env.setenv("nnUNet_results", str(tmp_path))
+    sam_env.setenv("nnUNet_SAM_encoder", "vit_test")
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+    cls = recursive_find_trainer_class_by_name("ZAP25DSAMTrainer_250epochs")
+    trainer = make_trainer(cls, synthetic_dataset)
+    assert trainer.num_epochs == 250 and trainer.num_iterations_per_epoch == 250
+    sam_env.setenv("nnUNet_SAM_num_epochs", "3")
+    assert make_trainer(cls, synthetic_dataset).num_epochs == 3
