@@ -38,6 +38,7 @@ from tqdm import tqdm
 from sam_nnunet import settings
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.zap25d import CachedEmbeddings
+from sam_nnunet.trainers.checkpoints import atomic_torch_save
 
 CACHE_FORMAT = 1
 DEFAULT_COPIES = 4
@@ -67,34 +68,6 @@ def case_fingerprint(folder: str, identifier: str) -> str:
     if not stats:
         raise FileNotFoundError(f"no preprocessed files of case {identifier} in {folder}")
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, rename: readers see the whole file or none."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
 
 
 class EmbeddingCache:
