@@ -42,10 +42,15 @@ def test_train_resume_predict_evaluate_export(cli_dataset, cli_env, tiny_sam_che
     assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["encoder"] == "vit_test"
     assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
 
-    # interrupted training continues with --c; the SAM checkpoint is no longer needed (weights are nnU-Net's)
-    resume_env = dict(env, nnUNet_SAM_num_epochs="2", nnUNet_SAM_iterations_per_epoch="3")
+    # interrupted training continues with --c; the SAM checkpoint is no longer needed (weights are nnU-Net's), and
+    # one that has moved away since does not stop it
+    resume_env = dict(env, nnUNet_SAM_num_epochs="2", nnUNet_SAM_iterations_per_epoch="3",
+                      nnUNet_SAM_checkpoint=str(tmp_path / "moved" / "sam_vit_test.pth"))
     run(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu", "--c"], resume_env)
     assert torch.load(final, map_location="cpu", weights_only=False)["current_epoch"] == 2
+    logs = "".join(open(os.path.join(model, "fold_0", f)).read() for f in os.listdir(os.path.join(model, "fold_0"))
+                   if f.startswith("training_log_"))
+    assert "nnUNet_SAM_checkpoint is not usable, and not needed to validate or resume this fold" in logs
 
     predictions = str(tmp_path / "pred")
     run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id, "-c",
