@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
 from ddp_worker import run_rank
-from sam_nnunet import trainers
+from sam_nnunet.info import trainer_classes
 
 TIMEOUT_S = 300  # a rank waiting forever for a gradient that never comes is a failure, not a hung suite
 
@@ -21,9 +21,8 @@ def _free_port() -> int:
 
 
 def test_every_trainer_trains_in_a_two_process_ddp_group(synthetic_dataset, tmp_path, sam_env):
-    names = [n for n in trainers.__all__ if n != "SAMTrainerBase"]
-    tiny = {"sam_vit": "vit_test", "sam2": "sam2_test"}
-    runs = [(n, tiny[getattr(trainers, n).encoder_families[0]]) for n in names]
+    tiny = {"sam_vit": "vit_test", "sam2": "sam2_test"}  # every trainer `sam-nnunet info` lists, its tiny encoder
+    runs = [(name, tiny[cls.encoder_families[0]]) for name, cls in trainer_classes().items()]
     # a small patch (SAM 2 needs 8 slices) and a global batch of 2: one sample per rank
     plans = load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
     plans["plans_name"] = "nnUNetPlans_ddp"
