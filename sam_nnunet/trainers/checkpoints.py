@@ -17,10 +17,10 @@ import os
 import time
 from typing import IO, Dict, Iterator, List, Tuple
 
-import numpy as np
 import torch
 
 from sam_nnunet import fold_lock, settings
+from sam_nnunet.nnunet_checkpoint import NNUNET_CHECKPOINT_GLOBALS
 from sam_nnunet.errors import UserFacingExit
 
 # nnU-Net's order for --c (nnunetv2.run.run_training.maybe_load_checkpoint): the first that exists is loaded
@@ -29,14 +29,8 @@ RESUME_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_bes
 REQUIRED_KEYS = ("network_weights", "optimizer_state", "logging", "_best_ema", "current_epoch", "init_args")
 PARTIAL_SUFFIX = ".partial"
 
-_multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
-NNUNET_SAFE_GLOBALS: List = [
-    _multiarray.multiarray.scalar, np.dtype,
-    # numpy 1.x pickles scalars under the old module name
-    (_multiarray.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    *(type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-                                  np.uint64, np.float16, np.float32, np.float64)),
-]
+# tensors, plain types and the numpy scalars of nnU-Net's training log: the same list as the model-folder loader
+NNUNET_SAFE_GLOBALS: List = NNUNET_CHECKPOINT_GLOBALS
 
 
 class DamagedCheckpoint(Exception):
