@@ -135,3 +135,10 @@ def test_without_the_cache_it_is_nnunets_loader(synthetic_dataset, cached):
     assert isinstance(next(trainer.get_dataloaders()[0])["data"], torch.Tensor)  # 24 draws < 2 x 4 x 8 encodings
     trainer.num_epochs = 6  # 72 draws >= 64
     assert isinstance(next(trainer.get_dataloaders()[0])["data"], CachedEmbeddings)
+
+
+def test_the_weights_hash_covers_every_tensor_batchnorm_counters_included():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    digest = state_sha256(module)
+    module[1].num_batches_tracked += 1  # a 0-d buffer
+    assert state_sha256(module) != digest

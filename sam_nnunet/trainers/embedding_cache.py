@@ -53,7 +53,8 @@ def state_sha256(*modules: torch.nn.Module) -> str:
             if not isinstance(tensor, torch.Tensor):
                 continue
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # flattened: 0-d tensors (BatchNorm's num_batches_tracked in LiteMedSAM) cannot be viewed as bytes
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
