@@ -99,6 +99,12 @@ def test_key_resume_and_stale_entries(synthetic_dataset, cached, monkeypatch):
     trainer.get_dataloaders()
     assert counter.calls == per_patch  # complete: nothing encoded
 
+    # the prompted variant (same network embedding, same augmentation) shares the cache
+    prompted = make_trainer(ZAP25DSAMTrainer_prompted, synthetic_dataset, fold=1)
+    prompted.initialize()
+    prompted.sam_network.load_state_dict(trainer.sam_network.state_dict())
+    assert prompted.embedding_cache().digest == cache.digest
+
     # the key follows the frozen weights and the network's arguments; a case's files change its entries' names
     digest = cache.digest
     with torch.no_grad():

@@ -14,7 +14,8 @@ Where and how:
   - ``$nnUNet_preprocessed/DatasetXXX/sam_embedding_cache/<key>/`` (``nnUNet_SAM_cache_dir`` moves it), one file
     per copy; the key is a hash of everything the embeddings depend on: the frozen weights themselves (sha256 of
     the encoder's state), the network's arguments (encoder, in-plane scale, pool, plane layout), the plans'
-    configuration and patch size, the trainer's augmentation, the nnU-Net version; every file name carries the
+    configuration and patch size, the trainer's augmentation (the methods that define it), foreground
+    oversampling, the nnU-Net version; every file name carries the
     fingerprint of its case's preprocessed files. A stale entry is never read: it is not found.
   - Files are written atomically (temporary file, fsync, rename): an interrupted build resumes where it stopped, a
     half-written file is never used; several processes (folds, DDP ranks) read one cache at once.
@@ -221,7 +222,12 @@ class EmbeddingCacheMixin:
                                                             "sam_embedding_cache")
         net = self.sam_network
         arch = self.configuration_manager.network_arch_init_kwargs
-        key = {"format": CACHE_FORMAT, "trainer": type(self).__name__, "plans": self.plans_manager.plans_name,
+        # the augmentation is whatever these methods of the trainer's class do: trainers that share them (ZAP and its
+        # prompted variant: nnUNetTrainer's) share a cache, a trainer that overrides one gets its own
+        augmentation = [getattr(type(self), m).__qualname__ for m in (
+            "get_training_transforms", "get_validation_transforms",
+            "configure_rotation_dummyDA_mirroring_and_inital_patch_size")]
+        key = {"format": CACHE_FORMAT, "augmentation": augmentation, "plans": self.plans_manager.plans_name,
                "configuration": self.configuration_name, "patch_size": list(self.configuration_manager.patch_size),
                "network": {k: arch[k] for k in sorted(arch) if k not in ("encoder_batch", "checkpoint_decoder")},
                "frozen_sha256": state_sha256(net.channels, net.encoder), "nnunetv2": version("nnunetv2"),
