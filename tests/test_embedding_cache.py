@@ -22,6 +22,7 @@ def cached(sam_env, tmp_path, synthetic_dataset):
     sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
     sam_env.setenv("nnUNet_SAM_cache_copies", "2")
     sam_env.setenv("nnUNet_SAM_cache_dir", str(tmp_path / "cache"))
+    sam_env.setenv("nnUNet_SAM_skip_memory_check", "1")  # tested in test_memory_check; its trace costs ~15 s here
     return sam_env
 
 
