@@ -116,6 +116,30 @@ def _cmd_benchmark(args) -> None:
         raise UserFacingExit(f"{', '.join(failed)} failed; see the logs under {s.output_dir}/runs/")
 
 
+def _cmd_learning_curve(args) -> None:
+    from sam_nnunet.evaluation.learning_curve import DEFAULT_TRAINERS, CurveSettings, run_curve
+    try:
+        override = json.loads(args.configuration_override) if args.configuration_override else None
+        if override is not None and not isinstance(override, dict):
+            raise ValueError("--configuration-override takes a JSON object, e.g. '{\"batch_size\": 1}'")
+        s = CurveSettings(
+            source=args.source, output=args.output, work_dir=args.work_dir, test_folder=args.test_folder,
+            num_test=args.num_test, test_seed=args.test_seed, sizes=args.sizes,
+            trainers=args.trainers or list(DEFAULT_TRAINERS),
+            budget_seconds=args.budget, seeds=args.seeds, clicks=args.clicks, configuration=args.configuration,
+            configuration_override=override, device=args.device, disable_tta=args.disable_tta,
+            cache_copies=args.cache_copies, checkpoint=args.checkpoint, allow_random_init=args.allow_random_init,
+            tolerance=args.tolerance, click_tiles=args.click_tiles, processes=args.processes)
+        result = run_curve(s)
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+    base = args.output[:-len(".json")] if args.output.endswith(".json") else args.output
+    print(f"{len(result['runs'])} runs in {args.output}; table {base}.md, chart {base}.png")
+    if result["failures"]:
+        raise UserFacingExit(f"{len(result['failures'])} run(s) failed (listed in {args.output}); run the same "
+                             f"command again to retry them")
+
+
 def _cmd_msd_submission(args) -> None:
     from sam_nnunet.evaluation.msd import make_submission
     try:
@@ -265,6 +289,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-doc", default=None, metavar="MARKDOWN",
                    help="also replace the generated block of this file (documentation/benchmarks.md)")
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("learning-curve", help="test-set Dice against the number of training cases, every trainer on "
+                                              "the same wall-clock budget through nnU-Net's CLI; resumable")
+    p.add_argument("source", help="an MSD task folder (TaskXX_Name, converted with nnUNetv2_convert_MSD_dataset) "
+                                  "or an nnU-Net dataset id / name in $nnUNet_raw")
+    p.add_argument("--test-folder", default=None, help="folder with imagesTs + labelsTs (nnU-Net naming) to score "
+                                                       "on; default: --num-test cases held out from the source")
+    p.add_argument("--num-test", type=int, default=40, help="held-out test cases (default 40)")
+    p.add_argument("--test-seed", type=int, default=0, help="seed of the held-out test cases (default 0)")
+    p.add_argument("--sizes", nargs="+", default=["10", "25", "all"], help="training-set sizes (default 10 25 all)")
+    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER[:ENCODER]",
+                   help="default: nnUNetTrainerShortRun (nnUNetTrainer with the budget) "
+                        "ZAP25DSAMTrainer:litemedsam ZAP25DSAMTrainer_prompted:litemedsam")
+    p.add_argument("--budget", type=float, default=1200.0, help="seconds of training per run (default 1200)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the training subsets (default 0)")
+    p.add_argument("--clicks", nargs="+", type=int, default=[0, 1, 3],
+                   help="prompted trainers: simulated clicks per class, 0 = automatic (default 0 1 3)")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--configuration-override", default=None, metavar="JSON",
+                   help="entries replacing the configuration's in a copy of nnU-Net's plans, e.g. "
+                        "'{\"batch_size\": 2}' (plans LearningCurvePlans, preprocessed again)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring")
+    p.add_argument("--cache-copies", type=int, default=None, help="nnUNet_SAM_cache_copies for the ZAP trainers")
+    p.add_argument("--checkpoint", default=None, help="nnUNet_SAM_checkpoint for the SAM trainers")
+    p.add_argument("--allow-random-init", action="store_true", help="smoke tests: SAM encoders without weights")
+    p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")
+    p.add_argument("--click-tiles", choices=("all", "clicked", "centred"), default=None,
+                   help="tiles predicted with clicks (default: each prompted trainer's paper protocol)")
+    p.add_argument("--processes", type=int, default=2, help="nnU-Net preprocessing processes (default 2)")
+    p.add_argument("--work-dir", default="learning_curve_work",
+                   help="nnU-Net folders, models, predictions and logs of the runs (default learning_curve_work)")
+    p.add_argument("-o", "--output", default="documentation/learning_curve/learning_curve.json",
+                   help="results JSON; the .md table and .png chart go beside it")
+    p.set_defaults(func=_cmd_learning_curve)
 
     p = sub.add_parser("msd-submission", help="check test-set predictions and lay them out as a Medical "
                                               "Segmentation Decathlon submission (TaskXX_Name/<case>.nii.gz, zip)")

@@ -14,6 +14,8 @@ nnUNet_SAM_test_checkpoint_pause for the interruption tests only: a checkpoint f
 nnUNet_SAM_cache_copies          ZAP trainers: augmented copies per case in the embedding cache (default 4; 0 trains
                                  without the cache, running the encoder at every step)
 nnUNet_SAM_cache_dir             where the embedding cache lives (default: the dataset's preprocessed folder)
+nnUNet_SAM_time_budget_seconds   every trainer (nnUNetTrainerShortRun too): stop training after the first iteration
+                                 that ends past this many seconds, then write checkpoint_final (trainers.budget)
 """
 import os
 from typing import Optional
@@ -29,6 +31,7 @@ TEST_CHECKPOINT_PAUSE = "nnUNet_SAM_test_checkpoint_pause"
 
 CACHE_COPIES = "nnUNet_SAM_cache_copies"
 CACHE_DIR = "nnUNet_SAM_cache_dir"
+TIME_BUDGET_SECONDS = "nnUNet_SAM_time_budget_seconds"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 

@@ -17,6 +17,7 @@ os.environ.setdefault("nnUNet_def_n_proc", "2")
 # (not nnUNet_n_proc_DA=0 here: nnU-Net's planner calls torch.set_num_threads() with it and fails on 0)
 for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
              "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile",
+             "nnUNet_SAM_time_budget_seconds",
              "nnUNet_SAM_skip_memory_check", "nnUNet_SAM_device_memory_gb"):
     os.environ.pop(_var, None)
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -28,9 +29,9 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 
 # pytest-xdist (pytest.ini: -n 2 --dist loadfile) hands whole files to the workers in collection order: the longest
 # first (measured on 2 cores), so that the two workers finish together instead of one running the last long file alone
-LONGEST_FIRST = ("test_decathlon.py", "test_sam2_3dmed.py", "test_prompted_end_to_end.py", "test_planner_end_to_end.py",
-                 "test_end_to_end.py", "test_benchmark.py", "test_planner_memory.py", "test_zap25d_end_to_end.py",
-                 "test_sam3dmed_end_to_end.py", "test_cuda_check.py", "test_ddp.py")
+LONGEST_FIRST = ("test_learning_curve.py", "test_decathlon.py", "test_sam2_3dmed.py", "test_prompted_end_to_end.py",
+                 "test_planner_end_to_end.py", "test_end_to_end.py", "test_benchmark.py", "test_planner_memory.py",
+                 "test_zap25d_end_to_end.py", "test_sam3dmed_end_to_end.py", "test_cuda_check.py", "test_ddp.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,6 +59,7 @@ def sam_env(monkeypatch):
     """Clean sam-nnunet variables for one test; returns monkeypatch to set them."""
     for var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
                 "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_SAM_skip_memory_check",
+                "nnUNet_SAM_time_budget_seconds",
                 "nnUNet_SAM_device_memory_gb"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch

@@ -122,7 +122,7 @@ def worker_environment(s: BenchmarkSettings, trainer: str, results_dir: str) -> 
     env = dict(os.environ)
     env.update(required_environment())  # nnUNet_extTrainer lists our trainers
     env["nnUNet_results"] = results_dir
-    for var in (settings.NUM_EPOCHS, settings.ITERATIONS_PER_EPOCH):
+    for var in (settings.NUM_EPOCHS, settings.ITERATIONS_PER_EPOCH, settings.TIME_BUDGET_SECONDS):
         env.pop(var, None)  # the benchmark sets the budget itself
     choice = encoder_for(s, trainer)
     if choice["encoder"]:

@@ -12,6 +12,7 @@ export — is nnU-Net's own):
   each method's learning rate and linear decay; nnU-Net's gradient clipping, or the method's tighter one;
 - patch sampling: the method's share of foreground-centred patches where its paper's code differs from nnU-Net's;
 - short runs for smoke tests and demos: nnUNet_SAM_num_epochs, nnUNet_SAM_iterations_per_epoch.
+- a wall-clock budget (nnUNet_SAM_time_budget_seconds, trainers.budget), as for nnUNetTrainerShortRun.
 
 A method is a short subclass setting ``network_class``, ``network_kwargs``, ``encoder_families`` and its recipe.
 """
@@ -31,6 +32,7 @@ from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.trainers.budget import TimeBudgetMixin
 from sam_nnunet.trainers.checkpoints import atomic_write, checkpoint_to_load, hold_fold_lock
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
 from sam_nnunet.trainers.memory_check import check_memory_before_training
@@ -53,7 +55,7 @@ def _logs_refusals(method):
     return wrapper
 
 
-class SAMTrainerBase(nnUNetTrainer):
+class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     # ---- what a method sets --------------------------------------------------------------------------------
     network_class: str = ""                    # dotted path of a SAMNetworkBase subclass
     network_kwargs: Dict = {}                  # extra constructor arguments written into the plans

@@ -1,0 +1,531 @@
+"""``sam-nnunet learning-curve``: accuracy against the number of training cases, every trainer on the same
+wall-clock budget, through nnU-Net's own command line; resumable across sessions.
+
+For each (training-set size, seed) a raw nnU-Net dataset holding exactly those training cases is written (links to
+the source's files) and planned with ``nnUNetv2_plan_and_preprocess``: nnU-Net configures itself on the cases it is
+given, as for a user with that many annotations. Each trainer then runs ``nnUNetv2_train D 3d_fullres all -tr T``
+with ``nnUNet_SAM_time_budget_seconds`` (trainers.budget), the test images are predicted with ``nnUNetv2_predict``
+(prompted trainers also with ``sam-nnunet predict-prompted --simulate-clicks N``) and scored with
+``sam-nnunet evaluate``. Each training gives two readings (trainers.budget): the budget counted from the first
+iteration (set-up, e.g. the embedding-cache build, timed beside it) and counted with the set-up.
+
+Test set: a folder with imagesTs + labelsTs, or by default ``num_test`` cases drawn with ``test_seed`` from the
+source's labelled cases; those are then left out of every dataset written. Training subsets are nested: one seeded
+order of the remaining cases per seed, the first n cases for size n.
+
+Everything nnU-Net writes lives under ``work_dir`` (its own nnUNet_raw / _preprocessed / _results). The results JSON
+is rewritten atomically after every run and a run already in it is not redone, so a long curve is completed across
+sessions by running the same command again; the Markdown table and the chart beside the JSON follow each rewrite.
+"""
+import datetime
+import json
+import os
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from sam_nnunet import settings
+from sam_nnunet.nnunet_env import required_environment
+
+BASELINE = "nnUNetTrainerShortRun"  # nnUNetTrainer + the budget (trainers.short_run); shown as nnUNetTrainer
+DEFAULT_TRAINERS = (BASELINE, "ZAP25DSAMTrainer:litemedsam", "ZAP25DSAMTrainer_prompted:litemedsam")
+OVERRIDE_PLANS = "LearningCurvePlans"
+FIRST_DATASET_ID = 600
+BIN = os.path.dirname(sys.executable)
+
+
+@dataclass
+class CurveSettings:
+    source: str                           # an MSD task folder, or an nnU-Net dataset id / name (in $nnUNet_raw)
+    output: str = "documentation/learning_curve/learning_curve.json"
+    work_dir: str = "learning_curve_work"
+    test_folder: Optional[str] = None     # holds imagesTs + labelsTs (nnU-Net naming); default: held out
+    num_test: int = 40
+    test_seed: int = 0
+    sizes: List[str] = field(default_factory=lambda: ["10", "25", "all"])
+    trainers: List[str] = field(default_factory=lambda: list(DEFAULT_TRAINERS))  # TRAINER[:ENCODER]
+    budget_seconds: float = 1200.0
+    seeds: List[int] = field(default_factory=lambda: [0])
+    clicks: List[int] = field(default_factory=lambda: [0, 1, 3])  # prompted trainers; 0 = automatic
+    configuration: str = "3d_fullres"
+    configuration_override: Optional[Dict] = None  # entries of the configuration (e.g. batch_size) -> own plans
+    device: str = "cpu"
+    disable_tta: bool = False
+    cache_copies: Optional[int] = None    # nnUNet_SAM_cache_copies for the ZAP trainers (default: theirs)
+    checkpoint: Optional[str] = None      # nnUNet_SAM_checkpoint for the SAM trainers
+    allow_random_init: bool = False
+    tolerance: float = 5.0
+    click_tiles: Optional[str] = None     # default: each prompted trainer's paper protocol
+    processes: int = 2
+
+    def check(self) -> "CurveSettings":
+        if not self.sizes or not self.trainers or not self.seeds:
+            raise ValueError("give at least one size, trainer and seed")
+        for n in self.sizes:
+            if n != "all" and (not str(n).isdigit() or int(n) < 1):
+                raise ValueError(f"size {n!r}: a number of training cases >= 1, or 'all'")
+        if self.budget_seconds <= 0:
+            raise ValueError("--budget must be positive (seconds)")
+        if any(c < 0 for c in self.clicks) or not self.clicks:
+            raise ValueError("--clicks takes click counts >= 0 (0 = automatic)")
+        if self.test_folder is None and self.num_test < 1:
+            raise ValueError("--num-test must be at least 1")
+        self.clicks = sorted(set(self.clicks))
+        return self
+
+
+# ---- cases and datasets --------------------------------------------------------------------------------------------
+def _run(cmd: Sequence, env: Dict[str, str], log: str) -> float:
+    """A console script of this environment, output appended to ``log``; returns its wall seconds."""
+    cmd = [c if os.sep in str(c) or not str(c).startswith(("nnUNetv2_", "sam-nnunet")) else os.path.join(BIN, c)
+           for c in map(str, cmd)]
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    start = time.time()
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} failed ({rc}); see {log}:\n{tail}")
+    return time.time() - start
+
+
+def _labelled_cases(folder: str, ending: str) -> List[str]:
+    labels = os.path.join(folder, "labelsTr")
+    return sorted(f[:-len(ending)] for f in os.listdir(labels) if f.endswith(ending) and not f.startswith("."))
+
+
+def resolve_source(s: CurveSettings, env: Dict[str, str], log: str) -> str:
+    """The source's nnU-Net raw folder: an MSD task folder converted once into the work folder, else the dataset
+    ``s.source`` in the caller's nnUNet_raw."""
+    if os.path.isfile(os.path.join(s.source, "dataset.json")) and re.match(r"Task\d+_", os.path.basename(
+            os.path.normpath(s.source))):
+        task = os.path.basename(os.path.normpath(s.source))
+        number, name = task[4:].split("_", 1)
+        target = os.path.join(env["nnUNet_raw"], f"Dataset{int(number):03d}_{name}")
+        if not os.path.isfile(os.path.join(target, "dataset.json")):
+            _run(["nnUNetv2_convert_MSD_dataset", "-i", os.path.abspath(s.source), "-np", s.processes], env, log)
+        return target
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise ValueError(f"{s.source!r} is not an MSD task folder (TaskXX_Name with dataset.json), and nnUNet_raw is "
+                         f"not set to look it up as an nnU-Net dataset")
+    wanted = f"Dataset{int(s.source):03d}_" if str(s.source).isdigit() else str(s.source)
+    found = sorted(d for d in os.listdir(raw) if d == wanted or (wanted.endswith("_") and d.startswith(wanted)))
+    if len(found) != 1:
+        raise ValueError(f"no single nnU-Net dataset {s.source!r} in {raw} (found: {found or 'none'})")
+    return os.path.join(raw, found[0])
+
+
+def choose_test_set(s: CurveSettings, source: str, ending: str, work: str) -> Tuple[str, List[str], List[str]]:
+    """(folder with imagesTs + labelsTs, test cases, cases left for training)."""
+    cases = _labelled_cases(source, ending)
+    if s.test_folder:
+        folder = os.path.abspath(s.test_folder)
+        for sub in ("imagesTs", "labelsTs"):
+            if not os.path.isdir(os.path.join(folder, sub)):
+                raise ValueError(f"the test folder {folder} has no {sub}/ (nnU-Net naming: CASE_0000{ending}, "
+                                 f"CASE{ending})")
+        test = sorted(f[:-len(ending)] for f in os.listdir(os.path.join(folder, "labelsTs")) if f.endswith(ending))
+        both = sorted(set(test) & set(cases))
+        if both:
+            raise ValueError(f"test cases are also training cases of {source}: {both[:5]}")
+        return folder, test, cases
+    if s.num_test >= len(cases):
+        raise ValueError(f"{source} has {len(cases)} labelled cases: cannot hold out {s.num_test} for testing")
+    test = sorted(random.Random(s.test_seed).sample(cases, s.num_test))
+    folder = os.path.join(work, f"test_seed{s.test_seed}_n{s.num_test}")
+    channels = _channels(source)
+    for case in test:
+        _link(os.path.join(source, "labelsTr", case + ending), os.path.join(folder, "labelsTs", case + ending))
+        for c in range(channels):
+            name = f"{case}_{c:04d}{ending}"
+            _link(os.path.join(source, "imagesTr", name), os.path.join(folder, "imagesTs", name))
+    return folder, test, [c for c in cases if c not in set(test)]
+
+
+def _channels(raw: str) -> int:
+    with open(os.path.join(raw, "dataset.json")) as f:
+        meta = json.load(f)
+    return len(meta.get("channel_names", meta.get("modality", {"0": None})))
+
+
+def _link(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if not os.path.lexists(dst):
+        os.symlink(os.path.realpath(src), dst)
+
+
+def training_subsets(pool: Sequence[str], sizes: Sequence[str], seed: int) -> Dict[int, List[str]]:
+    """{n: cases}: nested subsets, the first n cases of one order of ``pool`` drawn with ``seed``."""
+    order = sorted(pool)
+    random.Random(seed).shuffle(order)
+    subsets = {}
+    for size in sizes:
+        n = len(order) if size == "all" else int(size)
+        if n > len(order):
+            raise ValueError(f"size {n}: only {len(order)} cases are left for training")
+        subsets[n] = sorted(order[:n])
+    return subsets
+
+
+def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, seed: int, env: Dict[str, str],
+                    work: str, log: str) -> Tuple[str, str]:
+    """(dataset name, plans name) of the raw dataset holding exactly ``cases``, planned and preprocessed (once)."""
+    registry_file = os.path.join(work, "datasets.json")
+    registry = _load(registry_file) or {}
+    key = f"n{n}_seed{seed}"
+    entry = registry.get(key)
+    if entry is not None and entry["cases"] != cases:
+        raise ValueError(f"{work} holds another dataset {key} (other cases); use another --work-dir")
+    if entry is None:
+        used = {int(d[7:10]) for d in os.listdir(env["nnUNet_raw"]) if re.match(r"Dataset\d{3}_", d)}
+        used |= {e["id"] for e in registry.values()}
+        dataset_id = next(i for i in range(FIRST_DATASET_ID, 1000) if i not in used)
+        entry = {"id": dataset_id, "name": f"Dataset{dataset_id:03d}_LC{n}s{seed}", "cases": cases}
+        registry[key] = entry
+        _atomic_json(registry_file, registry)
+    name, plans = entry["name"], OVERRIDE_PLANS if s.configuration_override else "nnUNetPlans"
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], name)
+    done_marker = os.path.join(preprocessed, f"learning_curve_{plans}.done")
+    if os.path.isfile(done_marker):
+        return name, plans
+    with open(os.path.join(source, "dataset.json")) as f:
+        meta = json.load(f)
+    ending, raw = meta["file_ending"], os.path.join(env["nnUNet_raw"], name)
+    for case in cases:
+        _link(os.path.join(source, "labelsTr", case + ending), os.path.join(raw, "labelsTr", case + ending))
+        for c in range(_channels(source)):
+            _link(os.path.join(source, "imagesTr", f"{case}_{c:04d}{ending}"),
+                  os.path.join(raw, "imagesTr", f"{case}_{c:04d}{ending}"))
+    meta.update({"numTraining": len(cases), "name": name})
+    for key in ("training", "test"):  # MSD's case lists name every case of the task
+        meta.pop(key, None)
+    _atomic_json(os.path.join(raw, "dataset.json"), meta)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", entry["id"], "-c", s.configuration, "-np", s.processes, "-npfp",
+          s.processes, "--verify_dataset_integrity"], env, log)
+    if s.configuration_override:  # a copy of nnU-Net's plans, edited as a user would, preprocessed again
+        with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
+            plan = json.load(f)
+        plan["plans_name"] = plans
+        plan["configurations"][s.configuration].update(
+            {**s.configuration_override, "data_identifier": f"{plans}_{s.configuration}"})
+        _atomic_json(os.path.join(preprocessed, plans + ".json"), plan)
+        _run(["nnUNetv2_preprocess", "-d", entry["id"], "-plans_name", plans, "-c", s.configuration, "-np",
+              s.processes], env, log)
+    open(done_marker, "w").close()
+    return name, plans
+
+
+# ---- one run -------------------------------------------------------------------------------------------------------
+def trainer_spec(spec: str) -> Tuple[str, Optional[str]]:
+    trainer, _, encoder = spec.partition(":")
+    return trainer, encoder or None
+
+
+def display_name(trainer: str) -> str:
+    return "nnUNetTrainer" if trainer == BASELINE else trainer
+
+
+def is_prompted(trainer: str) -> bool:
+    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.trainers.prompted import PromptedTrainerMixin
+
+    cls = trainer_classes().get(trainer)
+    return cls is not None and issubclass(cls, PromptedTrainerMixin)
+
+
+def run_key(trainer: str, encoder: Optional[str], n: int, seed: int, clicks: int, budget: float) -> str:
+    return f"{trainer}|{encoder or '-'}|n{n}|seed{seed}|clicks{clicks}|budget{budget:g}"
+
+
+def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, plans: str, env: Dict[str, str],
+          log: str) -> Dict:
+    """nnUNetv2_train ... all with the budget (once: a finished training, checkpoint and budget record, is kept)."""
+    from sam_nnunet.trainers.budget import RECORD_FILE
+
+    model = os.path.join(env["nnUNet_results"], dataset, f"{trainer}__{plans}__{s.configuration}")
+    fold = os.path.join(model, "fold_all")
+    record_file = os.path.join(fold, RECORD_FILE)
+    record = _load(record_file)
+    done = record is not None and record.get("budget_seconds") == s.budget_seconds and \
+        os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    train_env = dict(env, **{settings.TIME_BUDGET_SECONDS: repr(float(s.budget_seconds))})
+    for var in (settings.NUM_EPOCHS, settings.ITERATIONS_PER_EPOCH, settings.ENCODER, settings.CHECKPOINT):
+        train_env.pop(var, None)  # the budget is the only limit; the encoder is the run's
+    if encoder:
+        train_env[settings.ENCODER] = encoder
+    if s.checkpoint and trainer != BASELINE:
+        train_env[settings.CHECKPOINT] = os.path.abspath(s.checkpoint)
+    if s.allow_random_init:
+        train_env[settings.ALLOW_RANDOM_INIT] = "1"
+    if s.cache_copies is not None:
+        train_env[settings.CACHE_COPIES] = str(s.cache_copies)
+    wall, load = None, os.getloadavg()
+    if not done:
+        wall = _run(["nnUNetv2_train", dataset.split("_")[0][7:], s.configuration, "all", "-tr", trainer, "-p", plans,
+                     "-device", s.device], train_env, log)
+        record = _load(record_file)
+        if record is None:
+            raise RuntimeError(f"{trainer} wrote no {RECORD_FILE}: was it trained with the time budget? See {log}")
+    with open(os.path.join(model, "plans.json")) as f:
+        arch = json.load(f)["configurations"][s.configuration]["architecture"]
+    return {"model": model, "record": record, "wall_seconds": wall, "load_average": list(load),
+            "encoder": arch.get("arch_kwargs", {}).get("encoder") if trainer != BASELINE else None}
+
+
+def predict_and_score(s: CurveSettings, trainer: str, trained: Dict, dataset: str, plans: str, test_folder: str,
+                      clicks: int, checkpoint: str, out: str, env: Dict[str, str], log: str) -> Dict:
+    """Predict the test images with one checkpoint (automatic, or N simulated clicks) and score them."""
+    from sam_nnunet.evaluation.evaluate import evaluate
+    from sam_nnunet.evaluation.prompted import paper_tiles
+
+    images, labels = os.path.join(test_folder, "imagesTs"), os.path.join(test_folder, "labelsTs")
+    tta = ["--disable_tta"] if s.disable_tta else []
+    start = time.time()
+    if clicks == 0:
+        _run(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset.split("_")[0][7:], "-c", s.configuration,
+              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device, "-npp", 1, "-nps", 1,
+              *tta], env, log)
+    else:
+        _run(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", trained["model"], "-f", "all",
+              "--simulate-clicks", clicks, "--reference", labels, "--tiles", s.click_tiles or paper_tiles(trainer),
+              "-device", s.device, "-chk", checkpoint, "-npp", 1, *tta], env, log)
+    predict_seconds = time.time() - start
+    # what `sam-nnunet evaluate -ref LABELS -pred OUT -djfile ... -pfile ...` does, in this process (the command's
+    # start-up would cost as much as the scoring)
+    summary = evaluate(labels, out, os.path.join(out, "summary.json"), None, s.tolerance,
+                       os.path.join(trained["model"], "dataset.json"), os.path.join(trained["model"], "plans.json"))
+    summary = json.loads(json.dumps(summary, default=str))  # label keys as in summary.json
+    per_label = {str(k): v for k, v in summary["mean"].items() if str(k) not in ("0", "background")}
+    return {"dice": {k: v["Dice"] for k, v in per_label.items()}, "nsd": {k: v["NSD"] for k, v in per_label.items()},
+            "hd95": {k: v["HD95"] for k, v in per_label.items()},
+            "foreground_dice": summary["foreground_mean"]["Dice"], "predict_seconds": round(predict_seconds, 1),
+            "predictions": out}
+
+
+def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, cases: List[str], dataset: str,
+                              plans: str, test_folder: str, todo: List[int], env: Dict[str, str],
+                              work: str) -> List[Dict]:
+    """One training and its entries: one per click count in ``todo``."""
+    trainer, encoder = trainer_spec(spec)
+    name = f"{trainer}{'_' + encoder if encoder else ''}_n{n}_seed{seed}"
+    run_dir = os.path.join(work, "runs", name)
+    log = os.path.join(run_dir, "log.txt")
+    trained = train(s, trainer, encoder, dataset, plans, env, log)
+    record = trained["record"]
+    with_setup = record.get("with_setup") or {}
+    entries = []
+    for clicks in todo:
+        final = predict_and_score(s, trainer, trained, dataset, plans, test_folder, clicks, "checkpoint_final.pth",
+                                  os.path.join(run_dir, f"clicks{clicks}_final"), env, log)
+        if with_setup.get("checkpoint") == "checkpoint_final.pth" or \
+                with_setup.get("iterations") == record["iterations"]:
+            # the whole training fitted into the budget counted with its set-up, or both clocks ran out in the same
+            # iteration: the same weights, the same predictions
+            second = final
+        elif with_setup.get("checkpoint"):
+            second = predict_and_score(s, trainer, trained, dataset, plans, test_folder, clicks,
+                                       with_setup["checkpoint"], os.path.join(run_dir, f"clicks{clicks}_with_setup"),
+                                       env, log)
+        else:
+            second = None
+        entries.append({
+            "key": run_key(trainer, encoder, n, seed, clicks, s.budget_seconds),
+            "trainer": display_name(trainer), "nnunet_trainer": trainer, "encoder": trained["encoder"] or encoder,
+            "n_train": n, "seed": seed, "budget_seconds": s.budget_seconds, "clicks": clicks,
+            "iterations": record["iterations"], "stopped_by_budget": record.get("stopped_by_budget"),
+            "dice": final["dice"], "nsd": final["nsd"], "hd95": final["hd95"],
+            "foreground_dice": final["foreground_dice"],
+            "wall_seconds": trained["wall_seconds"], "training_seconds": record.get("seconds"),
+            "setup_seconds": record.get("setup_seconds"), "cache_build_seconds": record.get("loader_setup_seconds"),
+            "with_setup": None if second is None else {
+                "iterations": with_setup.get("iterations"), "checkpoint": with_setup.get("checkpoint"),
+                "dice": second["dice"], "nsd": second["nsd"], "hd95": second["hd95"],
+                "foreground_dice": second["foreground_dice"]},
+            "predict_seconds": final["predict_seconds"], "load_average": trained["load_average"],
+            "dataset": dataset, "plans": plans, "training_cases": cases, "log": log,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+    return entries
+
+
+# ---- the curve -----------------------------------------------------------------------------------------------------
+def run_curve(s: CurveSettings) -> Dict:
+    """Run every (trainer, size, seed) not yet in ``s.output``; returns the results (also written beside it)."""
+    from sam_nnunet.evaluation.machine import describe_machine
+
+    s.check()
+    work = os.path.abspath(s.work_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
+    env.update(required_environment(os.path.join(work, "nnunet")))
+    env.setdefault("nnUNet_def_n_proc", str(s.processes))
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[key], exist_ok=True)
+    log = os.path.join(work, "prepare.log")
+    source = resolve_source(s, env, log)
+    with open(os.path.join(source, "dataset.json")) as f:
+        ending = json.load(f)["file_ending"]
+    test_folder, test_cases, pool = choose_test_set(s, source, ending, work)
+
+    result = _load(s.output) or {"runs": []}
+    if result.get("test_cases") not in (None, test_cases):
+        raise ValueError(f"{s.output} holds runs on another test set; give another --output")
+    result.update({"description": "sam-nnunet learning-curve: test-set accuracy against training cases, equal "
+                                  "wall-clock budget per run (documentation/learning_curve.md)",
+                   "source": os.path.abspath(source), "test_folder": test_folder, "test_cases": test_cases,
+                   "test_selection": "folder" if s.test_folder else f"held out: {s.num_test} cases, seed "
+                                                                    f"{s.test_seed}",
+                   "settings": asdict(s), "machine": describe_machine(), "load_average": list(os.getloadavg()),
+                   "command": command_line(s), "failures": []})
+    result["commit"] = result["machine"]["versions"].get("sam-nnunet commit")
+    done = {r["key"] for r in result["runs"]}
+    for seed in s.seeds:
+        subsets = training_subsets(pool, s.sizes, seed)
+        for n, cases in subsets.items():
+            for spec in s.trainers:
+                trainer, encoder = trainer_spec(spec)
+                counts = s.clicks if is_prompted(trainer) else [0]
+                todo = [c for c in counts if run_key(trainer, encoder, n, seed, c, s.budget_seconds) not in done]
+                if not todo:
+                    continue
+                print(f"learning-curve: {display_name(trainer)} {encoder or ''} n={n} seed={seed} clicks={todo}",
+                      flush=True)
+                try:
+                    dataset, plans = prepare_dataset(s, source, cases, n, seed, env, work, log)
+                    entries = run_training_and_readings(s, spec, n, seed, cases, dataset, plans, test_folder, todo,
+                                                        env, work)
+                except (RuntimeError, ValueError) as e:
+                    result["failures"].append({"trainer": spec, "n_train": n, "seed": seed, "error": str(e)[:3000]})
+                    print(f"learning-curve: FAILED: {e}", file=sys.stderr, flush=True)
+                    write_outputs(result, s.output)
+                    continue
+                result["runs"].extend(entries)
+                done.update(e["key"] for e in entries)
+                write_outputs(result, s.output)
+    write_outputs(result, s.output)
+    return result
+
+
+def command_line(s: CurveSettings) -> str:
+    args = [s.source, "--sizes", *s.sizes, "--trainers", *s.trainers, "--budget", f"{s.budget_seconds:g}",
+            "--seeds", *map(str, s.seeds), "--clicks", *map(str, s.clicks), "-o", s.output, "--work-dir", s.work_dir]
+    args += ["--test-folder", s.test_folder] if s.test_folder else ["--num-test", str(s.num_test), "--test-seed",
+                                                                    str(s.test_seed)]
+    if s.configuration_override:
+        args += ["--configuration-override", json.dumps(s.configuration_override)]
+    for flag, value in (("--cache-copies", s.cache_copies), ("--checkpoint", s.checkpoint),
+                        ("--click-tiles", s.click_tiles)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--device", s.device] + ["--disable-tta"] * s.disable_tta + ["--allow-random-init"] * s.allow_random_init
+    return "sam-nnunet learning-curve " + " ".join(shlex.quote(a) for a in args)
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------------
+def _load(path: str) -> Optional[Dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _atomic_json(path: str, data) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _labels(value: Optional[Dict], digits: int) -> str:
+    return " / ".join(_fmt(value[k], digits) for k in sorted(value, key=str)) if value else "–"
+
+
+def markdown_table(result: Dict) -> str:
+    from sam_nnunet.evaluation.machine import machine_line
+
+    s = result["settings"]
+    runs = sorted(result["runs"], key=lambda r: (r["trainer"], r["clicks"], r["n_train"], r["seed"]))
+    labels = sorted(runs[0]["dice"], key=str) if runs else []
+    lines = [f"Test set: {len(result['test_cases'])} cases ({result['test_selection']}). Budget per run: "
+             f"{s['budget_seconds']:g} s of training iterations, one training per (trainer, n, seed). "
+             f"Machine: {machine_line(result['machine'])}; commit {result.get('commit')}.",
+             "", f"Per label ({' / '.join(labels)}): Dice, NSD@{s['tolerance']:g}mm, HD95 (mm). "
+                 "*Set-up counted*: the same budget counted from the start of the training (set-up, e.g. the "
+                 "embedding-cache build, inside it).", "",
+             "| trainer | encoder | clicks | n | seed | iterations | Dice | NSD | HD95 | wall s | set-up s (cache) | "
+             "iterations, set-up counted | Dice, set-up counted |",
+             "|---|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---|"]
+    for r in runs:
+        w = r.get("with_setup") or {}
+        lines.append(
+            f"| {r['trainer']} | {r['encoder'] or '–'} | {r['clicks'] or 'auto'} | {r['n_train']} | {r['seed']} | "
+            f"{r['iterations']} | {_labels(r['dice'], 3)} | {_labels(r['nsd'], 3)} | {_labels(r['hd95'], 2)} | "
+            f"{_fmt(r['wall_seconds'], 0)} | {_fmt(r['setup_seconds'], 1)} ({_fmt(r['cache_build_seconds'], 1)}) | "
+            f"{w.get('iterations', '–')} | {_labels(w.get('dice'), 3)} |")
+    if result.get("failures"):
+        lines += ["", "Failed in the last invocation: " + "; ".join(
+            f"{f['trainer']} n={f['n_train']} seed={f['seed']}" for f in result["failures"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(result: Dict, path: str) -> None:
+    """Foreground-mean Dice against n_train, one line per (trainer, clicks) (mean over seeds; bars: min-max);
+    dashed: the reading with the set-up counted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: Dict[str, Dict[int, List[Tuple[float, Optional[float]]]]] = {}
+    for r in result["runs"]:
+        name = f"{r['trainer']}" + (f" ({r['encoder']})" if r["encoder"] else "") + \
+            (f", {r['clicks']} click(s)" if r["clicks"] else "")
+        second = (r.get("with_setup") or {}).get("foreground_dice")
+        series.setdefault(name, {}).setdefault(r["n_train"], []).append((r["foreground_dice"], second))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, points) in enumerate(sorted(series.items())):
+        colour = f"C{i % 10}"
+        ns = sorted(points)
+        mean = [sum(v[0] for v in points[n]) / len(points[n]) for n in ns]
+        low = [m - min(v[0] for v in points[n]) for m, n in zip(mean, ns)]
+        high = [max(v[0] for v in points[n]) - m for m, n in zip(mean, ns)]
+        ax.errorbar(ns, mean, yerr=[low, high], marker="o", color=colour, label=name, capsize=3)
+        if all(v[1] is not None for n in ns for v in points[n]):
+            ax.plot(ns, [sum(v[1] for v in points[n]) / len(points[n]) for n in ns], ls="--", color=colour, alpha=0.6)
+    s = result["settings"]
+    ax.set_xlabel("training cases")
+    ax.set_ylabel("test Dice (mean over labels)")
+    ax.set_title(f"{len(result['test_cases'])} test cases, {s['budget_seconds']:g} s per run (dashed: set-up counted)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.partial.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(result: Dict, json_path: str) -> None:
+    """The JSON (atomically), then the table and the chart beside it."""
+    _atomic_json(json_path, result)
+    base = os.path.splitext(json_path)[0]
+    with open(base + ".md.partial", "w") as f:
+        f.write(markdown_table(result))
+    os.replace(base + ".md.partial", base + ".md")
+    write_chart(result, base + ".png")
