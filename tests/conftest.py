@@ -20,6 +20,10 @@ for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_ra
              "nnUNet_SAM_time_budget_seconds",
              "nnUNet_SAM_skip_memory_check", "nnUNet_SAM_device_memory_gb"):
     os.environ.pop(_var, None)
+# the start-up memory check traces a training step (seconds to minutes per training start): tested on its own in
+# test_memory_check.py (whose fixture removes this), skipped by every other training of the suite
+SKIP_MEMORY_CHECK = {"nnUNet_SAM_skip_memory_check": "1"}
+os.environ.update(SKIP_MEMORY_CHECK)
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.makedirs(os.environ[_key], exist_ok=True)
 # the cores shared among pytest-xdist's workers (their subprocesses, e.g. nnUNetv2_train, set their own)
@@ -58,10 +62,12 @@ def tiny_sam_checkpoint(tmp_path_factory):
 def sam_env(monkeypatch):
     """Clean sam-nnunet variables for one test; returns monkeypatch to set them."""
     for var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
-                "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_SAM_skip_memory_check",
+                "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch",
                 "nnUNet_SAM_time_budget_seconds",
                 "nnUNet_SAM_device_memory_gb"):
         monkeypatch.delenv(var, raising=False)
+    for var, value in SKIP_MEMORY_CHECK.items():
+        monkeypatch.setenv(var, value)
     return monkeypatch
 
 
@@ -89,13 +95,14 @@ def cli_dataset(tmp_path_factory):
     (10 training cases, 2 held-out labelled cases in imagesTs/labelsTs) converted with nnUNetv2_convert_MSD_dataset
     when ../shared/data is present, else a generated dataset; then nnUNetv2_plan_and_preprocess -c 3d_fullres.
 
-    Returns dict(env, dataset_id, raw): env has its own nnU-Net folders and no nnUNet_SAM_* variables. Tests that
+    Returns dict(env, dataset_id, raw): env has its own nnU-Net folders and no nnUNet_SAM_* variables but the memory
+    check's skip (SKIP_MEMORY_CHECK). Tests that
     train use ``cli_env`` (a fresh nnUNet_results per test)."""
     from helpers import run_cli
     from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("cli_dataset")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
     env.update(required_environment(str(root / "nnunet")))
     env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2"})
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
