@@ -19,7 +19,6 @@ iterations, epoch, seconds, set-up seconds, and the same for the with-set-up che
 dearest part of a short run); ``nnUNetv2_train ... --val`` still runs it on request.
 """
 import json
-import os
 import time
 from typing import Optional
 
@@ -28,6 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from sam_nnunet import settings
 from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.trainers.checkpoints import atomic_write
 
 WITH_SETUP_CHECKPOINT = "checkpoint_budget_with_setup.pth"
 RECORD_FILE = "time_budget.json"
@@ -146,10 +146,5 @@ class TimeBudgetMixin:
     def _write_budget_record(self, record: dict) -> None:
         if self.local_rank != 0:
             return
-        path = join(self.output_folder, RECORD_FILE)
-        tmp = f"{path}.{os.getpid()}.partial"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(join(self.output_folder, RECORD_FILE)) as f:
+            f.write(json.dumps(record, indent=2).encode())
