@@ -59,7 +59,7 @@ def test_a_click_is_encoded_at_the_position_of_its_voxel_on_every_plane():
     prompts = net.plane_prompts(clicks, labels, spatial)
     positive = net.prompt_encoder.point_embeddings[1].weight[0]
     for axis in (2, 3, 4):
-        sparse, present, has_click = prompts[axis]
+        sparse, present, has_click, _ = prompts[axis]
         assert sparse.shape == (2, 3, 256) and has_click.tolist() == [True]  # (B * k, N + SAM's padding point, C)
         assert present.all()  # label-based: every click speaks to every output; SAM's padding point is kept
         rows, cols = plane_axes(axis)
@@ -94,7 +94,7 @@ def test_empty_click_slots_do_not_change_the_prediction(regions):
         planes, spatial = prompted.embed(x)
         prompts = prompted.plane_prompts(torch.cat([click, torch.zeros(1, 7, 3)], 1),
                                          torch.cat([label, torch.full((1, 7), NO_CLICK)], 1), x.shape[2:])
-        unmasked = {axis: (sparse, torch.ones_like(present), has) for axis, (sparse, present, has) in prompts.items()}
+        unmasked = {axis: p._replace(present=torch.ones_like(p.present)) for axis, p in prompts.items()}
         assert (prompted.decode(planes, spatial, unmasked) - outputs[0]).abs().amax() > 1e-6
 
 

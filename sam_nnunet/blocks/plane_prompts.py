@@ -76,3 +76,44 @@ def project_clicks(point_coords: torch.Tensor, spatial: Sequence[int], axis: int
     size = torch.tensor([spatial[cols], spatial[rows]], dtype=xy.dtype, device=xy.device)
     pixels = torch.tensor([frame[1], frame[0]], dtype=xy.dtype, device=xy.device)
     return (xy + 0.5) / size * pixels - 0.5
+
+
+# ---- boxes and mask prompts (issue 17) ---------------------------------------------------------------------------
+# A 3D box is two corners (B, M, 2, 3): the voxel centres of its first and last voxel along (D, H, W) (inclusive, a
+# structure's bounding box from its min / max voxel index, MedSAM's convention). On the slices of one orientation it
+# is the 2D box of its in-plane extent, given only to the pseudo-slices it crosses along the slice axis (a click has
+# no extent there, a box has).
+
+def project_boxes(boxes: torch.Tensor, spatial: Sequence[int], axis: int, frame: Sequence[int],
+                  layout: int = PLANE_LAYOUT) -> torch.Tensor:
+    """boxes (B, M, 2, 3) -> SAM boxes (B, M, 4) (x1, y1, x2, y2) in pixels of the prompt-encoder frame, for the
+    slices along tensor axis ``axis``: both corners projected as clicks (``project_clicks``), so SAM's corner
+    embeddings sit at the relative positions of the box's first and last voxel, as MedSAM's boxes do."""
+    b, m = boxes.shape[:2]
+    return project_clicks(boxes.reshape(b, m * 2, 3), spatial, axis, frame, layout).reshape(b, m, 4)
+
+
+def pseudo_slices_crossed(boxes: torch.Tensor, axis: int, num_groups: int, pool: int) -> torch.Tensor:
+    """(B, M, num_groups) bool: box m overlaps pseudo-slice g (slices g * pool .. (g + 1) * pool - 1) along the slice
+    axis ``axis``. Extents are +-0.5 around voxel centres: the box covers [lo - 0.5, hi + 0.5], the pseudo-slice
+    [g * pool - 0.5, (g + 1) * pool - 0.5]."""
+    lo, hi = boxes[..., 0, axis - 2], boxes[..., 1, axis - 2]
+    start = torch.arange(num_groups, device=boxes.device, dtype=boxes.dtype) * pool
+    return (start < hi[..., None] + 1) & (start + pool > lo[..., None])
+
+
+def boxes_for_outputs(box_labels: torch.Tensor, num_masks: int, first_channel: int) -> torch.Tensor:
+    """box_labels (B, M) (``2 * channel``, -1 empty; boxes are positive) -> (B, num_masks, M) bool: box m speaks to
+    mask output j. A box says "class c is in here" and nothing about another class (SAM has no negative box)."""
+    channel = torch.div(box_labels, 2, rounding_mode="floor")
+    outputs = torch.arange(num_masks, device=box_labels.device) + first_channel
+    return (box_labels[:, None, :] >= 0) & (channel[:, None, :] == outputs[None, :, None])
+
+
+def plane_mask_prompt(mask: torch.Tensor, axis: int, pool: int, layout: int = PLANE_LAYOUT) -> torch.Tensor:
+    """mask (B, k, D, H, W) (each axis a multiple of ``pool``) -> (B, S / pool, k, a, b): the mask of every
+    pseudo-slice of the orientation, the mean over its ``pool`` slices, in the images' rows x columns."""
+    rows, cols = PLANE_LAYOUTS[layout][axis]
+    stack = mask.permute(0, axis, 1, rows, cols)  # (B, S, k, a, b)
+    b, s = stack.shape[:2]
+    return stack.reshape(b, s // pool, pool, *stack.shape[2:]).mean(2)
