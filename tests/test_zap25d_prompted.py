@@ -206,6 +206,8 @@ def test_training_and_validation_steps_with_the_papers_clicks(synthetic_dataset,
     path, _ = tiny_sam_checkpoint
     results.setenv("nnUNet_SAM_checkpoint", path)
     trainer = make_trainer(ZAP25DSAMTrainer_prompted, synthetic_dataset)
+    # the paper's clicks only (boxes and correction rounds: test_boxes_refinement.py)
+    trainer.train_box_probability = trainer.refine_probability = 0
     trainer.on_train_start()
     net = trainer.sam_network
     assert type(net).__name__ == "ZAP25DPromptedNetwork"
@@ -215,9 +217,9 @@ def test_training_and_validation_steps_with_the_papers_clicks(synthetic_dataset,
     seen = []
     original_forward = net.forward
 
-    def spy(x, point_coords=None, point_labels=None):
+    def spy(x, point_coords=None, point_labels=None, **more):
         seen.append((x.shape, point_coords.clone(), point_labels.clone()))
-        return original_forward(x, point_coords, point_labels)
+        return original_forward(x, point_coords, point_labels, **more)
 
     net.forward = spy
     frozen = {k: v.clone() for k, v in net.state_dict().items()

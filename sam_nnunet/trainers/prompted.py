@@ -17,16 +17,18 @@ from sam_nnunet.prompts.clicks import sample_clicks_from_target
 
 
 class ClickBoundNetwork(nn.Module):
-    """``network(x)`` -> ``network(x, point_coords, point_labels)`` with fixed clicks (same parameters)."""
+    """``network(x)`` -> ``network(x, point_coords, point_labels, **more)`` with fixed prompts (same parameters;
+    ``more``: boxes, box_labels, mask_prompt for networks that take them)."""
 
-    def __init__(self, network: nn.Module, point_coords: torch.Tensor, point_labels: torch.Tensor) -> None:
+    def __init__(self, network: nn.Module, point_coords: torch.Tensor, point_labels: torch.Tensor, **more) -> None:
         super().__init__()
         self.network = network
         self.point_coords = point_coords
         self.point_labels = point_labels
+        self.more = more
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x, self.point_coords, self.point_labels)
+        return self.network(x, self.point_coords, self.point_labels, **self.more)
 
 
 class PromptedTrainerMixin:
@@ -63,17 +65,27 @@ class PromptedTrainerMixin:
                                          self.val_random_clicks, 0.0, lm.ignore_label,
                                          distinct_positives=self.distinct_clicks)
 
+    def sample_prompts(self, target: torch.Tensor, training: bool) -> dict:
+        """The prompts of a batch as the network's keyword arguments (clicks here; subclasses add boxes)."""
+        point_coords, point_labels = self.sample_clicks(target, training)
+        return {"point_coords": point_coords, "point_labels": point_labels}
+
+    def simulate_interaction(self, batch: dict, prompts: dict) -> Tuple[dict, dict]:
+        """Training batch and prompts after simulated correction rounds (none here; see ZAP25DSAMTrainer_prompted)."""
+        return batch, prompts
+
     @contextmanager
-    def clicks_bound(self, point_coords: torch.Tensor, point_labels: torch.Tensor):
+    def clicks_bound(self, point_coords: torch.Tensor, point_labels: torch.Tensor, **more):
         network = self.network
-        self.network = ClickBoundNetwork(network, point_coords, point_labels)
+        self.network = ClickBoundNetwork(network, point_coords, point_labels, **more)
         try:
             yield
         finally:
             self.network = network
 
     def train_step(self, batch: dict) -> dict:
-        with self.clicks_bound(*self.sample_clicks(batch["target"], training=True)):
+        batch, prompts = self.simulate_interaction(batch, self.sample_prompts(batch["target"], training=True))
+        with self.clicks_bound(**prompts):
             return super().train_step(batch)
 
     def validation_step(self, batch: dict) -> dict:
