@@ -228,12 +228,14 @@ def test_encoder_batch_and_decoder_checkpointing_do_not_change_the_result(tiny_s
 
 
 def test_torch_compile_captures_one_graph_with_litemedsam():
-    # TinyViT's resolution bookkeeping, the no_grad encoder and the recomputed decoder in one graph
+    # TinyViT's resolution bookkeeping, the no_grad encoder and the recomputed decoder in one graph. Dynamo's
+    # capture (fullgraph) is what can break here; the eager backend skips AOT autograd's trace of the whole TinyViT
+    # (3 minutes on 2 cores), which test_zap25d_prompted runs with aot_eager on the same decoder
     torch.manual_seed(0)
     net = ZAP25DNetwork(2, 3, "litemedsam").train()
     x = torch.randn(1, 2, 5, 8, 4)
     expected = net(x)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # fullgraph: any graph break fails
+    compiled = torch.compile(net, backend="eager", fullgraph=True)  # fullgraph: any graph break fails
     out = compiled(x)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     out.sum().backward()
