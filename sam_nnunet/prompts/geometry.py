@@ -102,3 +102,60 @@ def preprocessed_to_array_index(points: np.ndarray, properties: dict, transpose_
     cropped = (points + 0.5) * crop_shape / np.asarray(preprocessed_shape, dtype=np.float64) - 0.5
     transposed = cropped + np.asarray(properties["bbox_used_for_cropping"], dtype=np.float64)[:, 0]
     return transposed[:, np.argsort(transpose_forward)]
+
+
+# ---- boxes --------------------------------------------------------------------------------------------------------
+# A box is its first and its last voxel (inclusive) along each axis; its extent is +-0.5 beyond them.
+AXES = "ijk"
+
+
+def world_box_to_file_index(first_mm, last_mm, image_file: str, convention: str = "LPS") -> np.ndarray:
+    """Two opposite corners of a box in mm -> (2, 3) file index of the box enclosing all 8 corners (the header's
+    direction may flip or rotate axes, so which corner is first is a question of the image, not of the user)."""
+    lo, hi = np.asarray(first_mm, dtype=np.float64), np.asarray(last_mm, dtype=np.float64)
+    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    index = world_to_file_index(corners, image_file, convention)
+    return np.stack([index.min(0), index.max(0)])
+
+
+def check_box(box: np.ndarray, size, ordered: bool = True, axis_names: Sequence[str] = AXES) -> np.ndarray:
+    """A box (2, 3) (first, last voxel; any index space of an image of ``size``) checked: ``ordered`` -> the first
+    corner may not come after the last (inverted), it must hold at least one voxel centre on every axis (empty), and
+    lie in the image. Raises ClickOutsideError saying which; returns the box as float (2, 3)."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 3)
+    first, last = box
+    if ordered and np.any(last < first):
+        axes = [axis_names[a] for a in np.flatnonzero(last < first)]
+        raise ClickOutsideError(f"the box {box.tolist()} is inverted along {', '.join(axes)}: give its first (lowest) "
+                                f"voxel, then its last")
+    empty = np.ceil(first - 1e-6) > np.floor(last + 1e-6)
+    if np.any(empty):
+        raise ClickOutsideError(f"the box {np.round(box, 3).tolist()} is empty: it holds no voxel centre along "
+                                f"{', '.join(axis_names[a] for a in np.flatnonzero(empty))}")
+    size = np.asarray(size, dtype=np.float64)
+    if np.any(first < -0.5) or np.any(last >= size - 0.5):
+        raise ClickOutsideError(f"the box {np.round(box, 3).tolist()} lies (partly) outside the image (size "
+                                f"{size.astype(int).tolist()} voxels, indices 0..size-1)")
+    return box
+
+
+def box_array_to_preprocessed(box: np.ndarray, properties: dict, transpose_forward: Sequence[int],
+                              preprocessed_shape: Sequence[int]) -> np.ndarray:
+    """A box (2, 3) in the image array as nnU-Net's reader returns it -> (2, 3) in the preprocessed volume:
+    transposed, clipped to nnU-Net's crop (the zero border may cut a box; a box entirely in it is refused), and
+    resampled so that the box covers the same extent (its edges, first - 0.5 and last + 0.5, map like nnU-Net's
+    voxel borders)."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 3)[:, list(transpose_forward)]
+    bbox = np.asarray(properties["bbox_used_for_cropping"], dtype=np.float64)
+    crop_shape = np.asarray(properties["shape_after_cropping_and_before_resampling"], dtype=np.float64)
+    box = box - bbox[:, 0]
+    first, last = np.maximum(box[0], 0), np.minimum(box[1], crop_shape - 1)
+    if np.any(np.ceil(first - 1e-6) > np.floor(last + 1e-6)):
+        raise ClickOutsideError("the box lies in the image's zero border, which nnU-Net crops away before "
+                                "segmenting (it predicts background there)")
+    ratio = np.asarray(preprocessed_shape, dtype=np.float64) / crop_shape
+    new_first, new_last = first * ratio, (last + 1) * ratio - 1  # edge +- half a new voxel
+    # a box thinner than a new voxel (downsampling): both corners at its centre
+    centre = (new_first + new_last) / 2
+    return np.stack([np.minimum(new_first, centre), np.maximum(new_last, centre)])

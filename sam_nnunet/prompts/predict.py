@@ -8,6 +8,7 @@ valid prompt file, voxel coordinates), so simulated clicks can be inspected and 
 """
 import json
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,10 +16,11 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p, save_json
 
 from sam_nnunet.prompts.geometry import (ClickOutsideError, array_index_to_file, array_index_to_preprocessed,
-                                         file_index_to_array, world_to_file_index)
+                                         box_array_to_preprocessed, check_box, file_index_to_array,
+                                         world_box_to_file_index, world_to_file_index)
 from sam_nnunet.prompts.predictor import PromptedPredictor
-from sam_nnunet.prompts.prompt_file import (PromptFileError, Prompts, class_channels, click_point_label,
-                                            load_prompts)
+from sam_nnunet.prompts.prompt_file import (Box, PromptFileError, Prompts, box_label, class_channels,
+                                            click_point_label, load_prompts)
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 
@@ -48,11 +50,122 @@ def image_size_ijk(image_file: str) -> Tuple[int, ...]:
     return tuple(reader.GetSize())
 
 
+@dataclass
+class CasePrompts:
+    """A case's prompts in the image array (nnU-Net reader's axes), each with the interaction round it joins."""
+    points: np.ndarray        # (N, 3)
+    labels: np.ndarray        # (N,) point_labels
+    boxes: np.ndarray         # (M, 2, 3) first and last voxel
+    box_labels: np.ndarray    # (M,)
+    point_rounds: np.ndarray  # (N,)
+    box_rounds: np.ndarray    # (M,)
+
+    @classmethod
+    def of(cls, points=None, labels=None, boxes=None, box_labels=None, point_rounds=None,
+           box_rounds=None) -> "CasePrompts":
+        points = np.zeros((0, 3)) if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        boxes = np.zeros((0, 2, 3)) if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 2, 3)
+        labels = np.zeros(0, np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        box_labels = np.zeros(0, np.int64) if box_labels is None else np.asarray(box_labels, np.int64).reshape(-1)
+        return cls(points, labels, boxes, box_labels,
+                   np.zeros(len(points), np.int64) if point_rounds is None else np.asarray(point_rounds, np.int64),
+                   np.zeros(len(boxes), np.int64) if box_rounds is None else np.asarray(box_rounds, np.int64))
+
+    @property
+    def num_rounds(self) -> int:
+        return int(max([0, *self.point_rounds.tolist(), *self.box_rounds.tolist()])) + 1
+
+    def upto(self, r: int) -> "CasePrompts":
+        p, b = self.point_rounds <= r, self.box_rounds <= r
+        return CasePrompts(self.points[p], self.labels[p], self.boxes[b], self.box_labels[b], self.point_rounds[p],
+                           self.box_rounds[b])
+
+    def add(self, points=None, labels=None, boxes=None, box_labels=None, at_round: int = 0) -> "CasePrompts":
+        more = CasePrompts.of(points, labels, boxes, box_labels)
+        return CasePrompts(np.concatenate([self.points, more.points]), np.concatenate([self.labels, more.labels]),
+                           np.concatenate([self.boxes, more.boxes]),
+                           np.concatenate([self.box_labels, more.box_labels]),
+                           np.concatenate([self.point_rounds, np.full(len(more.points), at_round)]),
+                           np.concatenate([self.box_rounds, np.full(len(more.boxes), at_round)]))
+
+
+def predict_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts, properties: dict,
+                         mask_prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Logits (num_heads, *S) of a preprocessed case with its prompts (array indices, mapped through nnU-Net's
+    preprocessing with ``properties``) and the previous round's mask prompt (``predictor.mask_prompt_of``).
+    Raises ClickOutsideError for a prompt outside what nnU-Net segments."""
+    pm = predictor.plans_manager
+    shape = data.shape[1:]
+    inside = array_index_to_preprocessed(prompts.points, properties, pm.transpose_forward, shape)
+    boxes = None
+    if len(prompts.boxes):
+        boxes = np.stack([box_array_to_preprocessed(b, properties, pm.transpose_forward, shape)
+                          for b in prompts.boxes])
+    return predictor.predict_logits_with_clicks(data, inside, prompts.labels, boxes,
+                                                None if boxes is None else prompts.box_labels, mask_prompt)
+
+
+def predict_rounds(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts,
+                   properties: dict) -> torch.Tensor:
+    """The last round's logits: round r is predicted with the prompts of rounds 0..r and round r - 1's prediction as
+    mask prompt; the frozen encoder runs once for all rounds (the predictor's embedding cache)."""
+    logits = None
+    predictor.embedding_cache = {} if prompts.num_rounds > 1 else None
+    try:
+        for r in range(prompts.num_rounds):
+            mask = None if logits is None else predictor.mask_prompt_of(logits)
+            logits = predict_case_prompts(predictor, data, prompts.upto(r), properties, mask)
+    finally:
+        predictor.embedding_cache = None
+    return logits
+
+
+def resolve_case_prompts(prompts: Prompts, case: str, image_file: str, reader_name: str,
+                         dataset_json: dict, has_regions: bool) -> CasePrompts:
+    """A case's clicks and boxes of a prompt file -> CasePrompts (array indices); checks classes, that every click
+    and box lies in the image, and that boxes are neither inverted nor empty (PromptFileError naming case and
+    entry)."""
+    entries, rounds = prompts.cases.get(case, []), prompts.round_of(case)
+    clicks = [i for i, e in enumerate(entries) if not isinstance(e, Box)]
+    points, labels = _resolve_clicks(prompts, case, [entries[i] for i in clicks], clicks, image_file, reader_name,
+                                     dataset_json, has_regions)
+    channels = class_channels(dataset_json["labels"], has_regions)
+    boxes, box_labels, box_rounds = [], [], []
+    size = None
+    for i, box in enumerate(entries):
+        if not isinstance(box, Box):
+            continue
+        where = f"case {case!r}, click {i} (a box)"
+        size = size or image_size_ijk(image_file)
+        try:
+            if prompts.coordinates == "world":
+                corners = check_box(world_box_to_file_index(box.first, box.last, image_file,
+                                                            prompts.world_convention), size, ordered=False)
+            else:
+                corners = check_box(np.array([box.first, box.last]), size)
+        except ClickOutsideError as e:
+            given = f" (given {[list(box.first), list(box.last)]} mm, {prompts.world_convention})" \
+                if prompts.coordinates == "world" else ""
+            raise PromptFileError(f"{where}: {e}{given}") from None
+        box_labels.append(box_label(box, channels, has_regions, where))
+        boxes.append(file_index_to_array(corners, reader_name))
+        box_rounds.append(rounds[i])
+    return CasePrompts.of(points, labels, np.array(boxes) if boxes else None, box_labels,
+                          [rounds[i] for i in clicks], box_rounds)
+
+
 def resolve_prompt_clicks(prompts: Prompts, case: str, image_file: str, reader_name: str,
                           dataset_json: dict, has_regions: bool) -> Tuple[np.ndarray, np.ndarray]:
     """A case's clicks of a prompt file -> (array indices (N, 3), point labels (N,)); checks classes and that every
     click lies in the image (PromptFileError naming case and click)."""
-    clicks = prompts.cases.get(case, [])
+    entries = prompts.cases.get(case, [])
+    clicks = [i for i, e in enumerate(entries) if not isinstance(e, Box)]
+    return _resolve_clicks(prompts, case, [entries[i] for i in clicks], clicks, image_file, reader_name,
+                           dataset_json, has_regions)
+
+
+def _resolve_clicks(prompts: Prompts, case: str, clicks: list, numbers: List[int], image_file: str,
+                    reader_name: str, dataset_json: dict, has_regions: bool) -> Tuple[np.ndarray, np.ndarray]:
     channels = class_channels(dataset_json["labels"], has_regions)
     if not clicks:
         return np.zeros((0, 3)), np.zeros((0,), dtype=np.int64)
@@ -65,9 +178,10 @@ def resolve_prompt_clicks(prompts: Prompts, case: str, image_file: str, reader_n
             given = list(clicks[i].point)
             where = f"voxel index {given}" if prompts.coordinates == "voxel" else \
                 f"world position {given} mm ({prompts.world_convention}; voxel index {np.round(p, 2).tolist()})"
-            raise PromptFileError(f"case {case!r}, click {i}: {where} lies outside the image (size {size.astype(int).tolist()} "
-                                  f"voxels, indices 0..size-1 along i, j, k)")
-    labels = [click_point_label(c, channels, has_regions, f"case {case!r}, click {i}") for i, c in enumerate(clicks)]
+            raise PromptFileError(f"case {case!r}, click {numbers[i]}: {where} lies outside the image (size "
+                                  f"{size.astype(int).tolist()} voxels, indices 0..size-1 along i, j, k)")
+    labels = [click_point_label(c, channels, has_regions, f"case {case!r}, click {numbers[i]}")
+              for i, c in enumerate(clicks)]
     return file_index_to_array(points, reader_name), np.asarray(labels, dtype=np.int64)
 
 
@@ -79,6 +193,20 @@ def clicks_record(points: np.ndarray, labels: np.ndarray, names: Dict[int, str],
         record.append({"point": [round(float(v), 3) for v in p], "class": names[channel],
                        "positive": not negative})
     return record
+
+
+def prompts_record(prompts: CasePrompts, names: Dict[int, str], has_regions: bool):
+    """A case's prompts as a prompt-file case entry (a list, or ``{"rounds": [...]}`` with several rounds)."""
+    rounds = []
+    for r in range(prompts.num_rounds):
+        p, b = prompts.point_rounds == r, prompts.box_rounds == r
+        entries = clicks_record(prompts.points[p], prompts.labels[p], names, has_regions)
+        for box, label in zip(prompts.boxes[b], prompts.box_labels[b]):
+            corners = array_index_to_file(box)
+            entries.append({"box": [[round(float(v), 3) for v in c] for c in corners],
+                            "class": names[int(label) // 2]})
+        rounds.append(entries)
+    return rounds[0] if len(rounds) == 1 else {"rounds": rounds}
 
 
 def predict_prompted(input_folder: str, output_folder: str, model_folder: str, folds: Sequence[Union[int, str]],
@@ -129,8 +257,8 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     clicks = {}
     for case, case_files in zip(cases, files):
         if prompts is not None:
-            clicks[case] = resolve_prompt_clicks(prompts, case, case_files[0], reader_name, dataset_json,
-                                                 lm.has_regions)
+            clicks[case] = resolve_case_prompts(prompts, case, case_files[0], reader_name, dataset_json,
+                                                lm.has_regions)
         else:
             ref_file = join(reference_folder, case + file_ending)
             if not os.path.isfile(ref_file):
@@ -140,7 +268,8 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
             if tuple(reference.shape[1:]) != tuple(size[::-1]):
                 raise ValueError(f"case {case!r}: the reference {ref_file} has {reference.shape[1:][::-1]} voxels, "
                                  f"the image {size}; they must be on the same grid")
-            clicks[case] = simulate_clicks(reference, classes, lm.has_regions, simulate, case_rng(seed, case))
+            clicks[case] = CasePrompts.of(*simulate_clicks(reference, classes, lm.has_regions, simulate,
+                                                           case_rng(seed, case)))
 
     maybe_mkdir_p(output_folder)
     save_json(dataset_json, join(output_folder, "dataset.json"), sort_keys=False)
@@ -148,16 +277,14 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     preprocessor = cm.preprocessor_class(verbose=False)
     record = {"coordinates": "voxel", "cases": {}}
     for case, case_files in zip(cases, files):
-        points, labels = clicks[case]
         data, _, properties = preprocessor.run_case(case_files, None, pm, cm, dataset_json)
         try:
-            inside = array_index_to_preprocessed(points, properties, pm.transpose_forward, data.shape[1:])
+            logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties).cpu()
         except ClickOutsideError as e:
             raise PromptFileError(f"case {case!r}: {e}") from None
-        logits = predictor.predict_logits_with_clicks(torch.from_numpy(data), inside, labels).cpu()
         export_prediction_from_logits(logits, properties, cm, pm, dataset_json, join(output_folder, case),
                                       save_probabilities)
-        record["cases"][case] = clicks_record(points, labels, names, lm.has_regions)
+        record["cases"][case] = prompts_record(clicks[case], names, lm.has_regions)
     with open(join(output_folder, "clicks.json"), "w") as f:
         json.dump(record, f, indent=1)
 

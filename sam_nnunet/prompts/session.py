@@ -1,0 +1,210 @@
+"""An interactive segmentation session in the shape nnInteractive's users know: set an image, add clicks and boxes
+(positive or negative clicks; boxes are positive), get the current mask, undo, reset.
+
+    session = InteractiveSession.from_model_folder(".../ZAP25DSAMTrainer_prompted__nnUNetPlans__3d_fullres", (0,))
+    session.set_image_file("case_0000.nii.gz")           # or set_image(array, properties) as nnU-Net's reader gives
+    mask = session.add_box([10, 20, 5], [18, 31, 9], "Anterior")     # array indices (the reader's axes)
+    mask = session.add_click([14, 25, 7], "Anterior", positive=False)
+    mask = session.undo()
+
+Every interaction is a refinement round: the model is run with all prompts so far and the previous prediction as its
+mask prompt (``sam_nnunet.prompts.predict.predict_rounds``). The image goes through nnU-Net's preprocessing once, and
+the frozen encoder's output of every tile (and mirroring) is kept in the predictor's embedding cache, so an
+interaction runs only the decoder (ZAP25DPromptedNetwork).
+"""
+import copy
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from sam_nnunet.prompts.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
+                                         world_to_file_index)
+from sam_nnunet.prompts.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
+from sam_nnunet.prompts.predictor import PromptedPredictor
+from sam_nnunet.prompts.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
+    click_point_label
+
+COORDINATES = ("array", "voxel", "world")
+
+
+class SessionError(ValueError):
+    """An interaction that cannot be used; the message says why and what to do."""
+
+
+class InteractiveSession:
+    """Interactive segmentation of one image at a time with a prompted model (``PromptedPredictor``).
+
+    Arguments:
+      predictor: a PromptedPredictor with the trained model (``from_model_folder`` builds one).
+      world_convention: "LPS" (ITK) or "RAS" (nibabel, Slicer) for world coordinates.
+    """
+
+    def __init__(self, predictor: PromptedPredictor, world_convention: str = "LPS") -> None:
+        predictor.check_network_takes_clicks()
+        self.predictor = predictor
+        self.world_convention = world_convention
+        lm = predictor.label_manager
+        self._channels = class_channels(predictor.dataset_json["labels"], lm.has_regions)
+        self._data: Optional[torch.Tensor] = None
+        self._properties: Optional[dict] = None
+        self._image_file: Optional[str] = None
+        self._shape: Optional[Tuple[int, ...]] = None
+        self._history: List[Tuple[CasePrompts, torch.Tensor, np.ndarray]] = []  # after each interaction
+
+    @classmethod
+    def from_model_folder(cls, model_folder: str, folds: Sequence[Union[int, str]] = (0,),
+                          device: Optional[torch.device] = None, tiles: str = "clicked", disable_tta: bool = False,
+                          checkpoint_name: str = "checkpoint_final.pth") -> "InteractiveSession":
+        """``tiles``: "clicked" (default: only tiles holding a prompt are predicted, as ZAP-2.5DSAM tests), "all",
+        "centred" (see PromptedPredictor)."""
+        return cls(load_prompted_predictor(model_folder, folds, device or torch.device("cpu"), tiles,
+                                           disable_tta=disable_tta, checkpoint_name=checkpoint_name))
+
+    # ---- the image ----------------------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, properties: dict, image_file: Optional[str] = None) -> None:
+        """image (C, *S) (or (*S), one channel) as nnU-Net's reader returns it, with the reader's ``properties``
+        (``spacing``, ...); ``image_file``: its file, needed for world coordinates. Clears the interactions."""
+        pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4:
+            raise SessionError(f"set_image takes an image (C, X, Y, Z) or (X, Y, Z), not one of shape {image.shape}")
+        if "spacing" not in properties:
+            raise SessionError("set_image needs the reader's properties with the image's 'spacing' (nnU-Net's "
+                               "reader returns them: image, properties = reader.read_images([file]))")
+        properties = copy.deepcopy(properties)
+        preprocessor = cm.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(image, None, properties, pm, cm, self.predictor.dataset_json)
+        self._data = torch.from_numpy(np.ascontiguousarray(data))
+        self._properties = properties
+        self._image_file = image_file
+        self._shape = tuple(image.shape[1:])
+        self.predictor.embedding_cache = {}  # a new image: the encoder runs again, once per tile
+        self._history = []
+
+    def set_image_file(self, files: Union[str, Sequence[str]]) -> None:
+        """Read the image file(s) (one per channel, nnU-Net's order) with the model's reader, then ``set_image``."""
+        files = [files] if isinstance(files, str) else list(files)
+        image, properties = self.predictor.plans_manager.image_reader_writer_class().read_images(files)
+        self.set_image(image, properties, files[0])
+
+    # ---- interactions -------------------------------------------------------------------------------------------
+    def add_click(self, point: Sequence[float], label: Union[int, str], positive: bool = True,
+                  coordinates: str = "array") -> np.ndarray:
+        """A click (``coordinates``: "array" = index in the image as set_image took it; "voxel" = the file's (i, j, k);
+        "world" = mm) of class ``label`` (a name of the model's dataset.json or, label-based, its value); negative:
+        "not this class". Returns the new mask."""
+        self._need_image()
+        where = f"click {list(point)}"
+        try:
+            value = click_point_label(Click(tuple(float(v) for v in point), label, positive), self._channels,
+                                      self.predictor.label_manager.has_regions, where)
+        except PromptFileError as e:
+            raise SessionError(str(e)) from None
+        p = self._to_array(np.asarray(point, dtype=np.float64)[None], coordinates)[0]
+        shape = np.asarray(self._shape, dtype=np.float64)
+        if not np.all(np.isfinite(p)) or np.any(p < -0.5) or np.any(p >= shape - 0.5):
+            raise SessionError(f"{where} ({coordinates} coordinates; array index {np.round(p, 2).tolist()}) lies "
+                               f"outside the image (array shape {list(self._shape)})")
+        return self._interact(self.interactions.add(points=p[None], labels=[value], at_round=len(self._history)))
+
+    def add_box(self, first: Sequence[float], last: Sequence[float], label: Union[int, str], positive: bool = True,
+                coordinates: str = "array") -> np.ndarray:
+        """A box from its first to its last voxel (inclusive; world: two opposite corners in mm) around class
+        ``label``. Boxes are positive: SAM's prompt encoder has no negative box (correct with negative clicks).
+        Returns the new mask."""
+        self._need_image()
+        where = f"box {[list(first), list(last)]}"
+        if not positive:
+            raise SessionError(f"{where}: a box says \"class c is in here\"; SAM's prompt encoder has no negative "
+                               f"box. Correct with negative clicks (add_click(..., positive=False))")
+        try:
+            value = box_label(Box(tuple(first), tuple(last), label), self._channels,
+                              self.predictor.label_manager.has_regions, where)
+        except PromptFileError as e:
+            raise SessionError(str(e)) from None
+        if coordinates == "world":
+            corners = file_index_to_array(world_box_to_file_index(first, last, self._need_file(),
+                                                                  self.world_convention),
+                                          self.predictor.plans_manager.image_reader_writer_class.__name__)
+        else:
+            corners = self._to_array(np.array([first, last], dtype=np.float64), coordinates)
+        names = ("k", "j", "i") if coordinates == "voxel" else ("axis 0", "axis 1", "axis 2")
+        try:
+            corners = check_box(corners, self._shape, ordered=coordinates != "world", axis_names=names)
+        except ClickOutsideError as e:
+            raise SessionError(f"{where} ({coordinates} coordinates): {e}") from None
+        return self._interact(self.interactions.add(boxes=corners[None], box_labels=[value],
+                                                    at_round=len(self._history)))
+
+    def get_mask(self) -> np.ndarray:
+        """The current segmentation (*S), in the image as set_image took it (background before any interaction)."""
+        self._need_image()
+        if not self._history:
+            return np.zeros(self._shape, dtype=np.uint8)
+        return self._history[-1][2]
+
+    def undo(self) -> np.ndarray:
+        """Take the last interaction back (its prediction too). Returns the mask before it."""
+        self._need_image()
+        if not self._history:
+            raise SessionError("nothing to undo: no interaction since set_image or reset")
+        self._history.pop()
+        return self.get_mask()
+
+    def reset(self) -> None:
+        """Forget every interaction (the image, and the encoder's output for it, stay)."""
+        self._need_image()
+        self._history = []
+
+    @property
+    def logits(self) -> Optional[torch.Tensor]:
+        """The current prediction's logits (num_heads, *preprocessed shape), None before any interaction."""
+        return self._history[-1][1] if self._history else None
+
+    @property
+    def interactions(self) -> CasePrompts:
+        """The prompts so far (array indices), each with the round (interaction) it was added in."""
+        return self._history[-1][0] if self._history else CasePrompts.of()
+
+    # ---- internals ----------------------------------------------------------------------------------------------
+    def _need_image(self) -> None:
+        if self._data is None:
+            raise SessionError("no image in this session yet: call set_image(image, properties) or "
+                               "set_image_file(path) first")
+
+    def _need_file(self) -> str:
+        if self._image_file is None:
+            raise SessionError("world coordinates need the image's header: use set_image_file(path), or "
+                               "set_image(..., image_file=path)")
+        return self._image_file
+
+    def _to_array(self, points: np.ndarray, coordinates: str) -> np.ndarray:
+        if coordinates not in COORDINATES:
+            raise SessionError(f"coordinates must be one of {', '.join(COORDINATES)}, not {coordinates!r}")
+        if coordinates == "array":
+            return points
+        reader = self.predictor.plans_manager.image_reader_writer_class.__name__
+        if coordinates == "world":
+            points = world_to_file_index(points, self._need_file(), self.world_convention)
+        try:
+            return file_index_to_array(points, reader)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
+
+    def _interact(self, prompts: CasePrompts) -> np.ndarray:
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        p = self.predictor
+        previous = p.mask_prompt_of(self._history[-1][1]) if self._history else None
+        try:
+            logits = predict_case_prompts(p, self._data, prompts, self._properties, previous).cpu()
+        except ClickOutsideError as e:
+            raise SessionError(str(e)) from None
+        segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, p.plans_manager, p.configuration_manager, p.label_manager, self._properties,
+            return_probabilities=False)
+        self._history.append((prompts, logits, np.asarray(segmentation)))
+        return self._history[-1][2]
