@@ -40,6 +40,25 @@ def _cmd_make_demo_dataset(args) -> None:
     print(make_synthetic_dataset(args.output, args.dataset_id, args.num_train, args.num_test, args.seed))
 
 
+def _cmd_interaction(args) -> None:
+    import torch
+
+    from sam_nnunet.evaluation.interaction import evaluate_interaction
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserFacingExit("-device cuda but no CUDA device is available; use -device cpu")
+    try:
+        result = evaluate_interaction(args.m, args.f, args.prompts, args.rounds, args.clicks, args.target_dice,
+                                      args.seed, args.zero_shot, args.tiles, args.cases, torch.device(args.device),
+                                      args.chk, not args.tta, args.o, args.label)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserFacingExit(str(e)) from None
+    for row in result["rows"]:
+        print(f"{row['trainer']:40s} trained={row['trained']!s:5s} {row['prompt']:10s} round {row['round']}: "
+              f"Dice {row['dice']}")
+    print(f"Written: {args.o}")
+
+
 def _cmd_demo(args) -> None:
     from sam_nnunet.demo import run_demo
     run_demo(args.work_dir, msd_task=args.msd, trainer=args.trainer, epochs=args.epochs, iterations=args.iterations)
@@ -210,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true")
     p.add_argument("-npp", type=int, default=2, help="processes for evaluation")
     p.set_defaults(func=_cmd_predict_prompted)
+
+    p = sub.add_parser("interaction", help="interactive segmentation protocol on a fold of a prompted model: Dice after "
+                                           "a box / clicks and 1..N simulated correction rounds (interaction.json)")
+    p.add_argument("-m", required=True, help="model folder of ZAP25DSAMTrainer_prompted (its plans and dataset)")
+    p.add_argument("-f", default="0", help="fold: its checkpoint and validation cases (default 0)")
+    p.add_argument("-o", default="interaction.json", help="JSON to write; rows of other trainers in it are kept")
+    p.add_argument("--prompts", nargs="+", default=["box", "clicks", "box+clicks"],
+                   choices=("box", "clicks", "box+clicks"), help="first prompts (default: all three)")
+    p.add_argument("--rounds", type=int, default=5, help="correction rounds after the first prompt (default 5)")
+    p.add_argument("--clicks", type=int, default=1, help="first clicks per class for 'clicks' (default 1)")
+    p.add_argument("--target-dice", type=float, default=0.9, help="for the rounds needed to reach it")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="the pretrained weights (nnUNet_SAM_checkpoint, or LiteMedSAM's packaged ones) instead of "
+                        "the trained checkpoint: the baseline row")
+    p.add_argument("--label", default=None, help="the rows' trainer name (default: the model's, +zero-shot)")
+    p.add_argument("--cases", nargs="+", default=None, help="preprocessed cases (default: the fold's validation)")
+    p.add_argument("--tiles", default=None, choices=("all", "clicked", "centred"),
+                   help="default: the trainer's paper protocol (ZAP: clicked)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="nnU-Net's mirroring (off by default: 8x the cost)")
+    p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.set_defaults(func=_cmd_interaction)
 
     p = sub.add_parser("plan_and_preprocess",
                        help="nnUNetv2_plan_and_preprocess with a SAM-aware planner: writes nnUNetSAMPlans, sized for "

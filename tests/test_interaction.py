@@ -1,0 +1,102 @@
+"""sam-nnunet interaction: the interactive protocol (first box / clicks from the reference, correction rounds at the
+largest error, the previous mask as prompt) on a tiny ZAP25DSAMTrainer_prompted model folder, trained and zero-shot
+rows in one interaction.json; and the counts bars unchanged by boxes and the mask prompt (zero added parameters)."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p, save_json
+
+from sam_nnunet import cli
+from sam_nnunet.evaluation.interaction import foreground_dice, reference_boxes
+from sam_nnunet.networks.zap25d_prompted import ZAP25DPromptedNetwork
+from sam_nnunet.prompts.clicks import click_label
+
+TRAINER = "ZAP25DSAMTrainer_prompted"
+
+
+@pytest.fixture(scope="module")
+def model_folder(synthetic_dataset, tmp_path_factory, tiny_sam_checkpoint):
+    """A model folder as ZAP25DSAMTrainer_prompted writes it (plans naming the network, dataset.json, fold_0's
+    checkpoint), with the tiny encoder's pretrained weights and a perturbed decoder (the "trained" model)."""
+    plans = load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json"))
+    plans["configurations"]["3d_fullres"]["architecture"] = {
+        "network_class_name": "sam_nnunet.networks.zap25d_prompted.ZAP25DPromptedNetwork",
+        "arch_kwargs": {"encoder": "vit_test", "upsample": 4, "pool": 4, "window_size": 4, "plane_layout": 2,
+                        "background_channel": True},
+        "_kw_requires_import": []}
+    folder = str(tmp_path_factory.mktemp("results") / synthetic_dataset["dataset_name"] /
+                 f"{TRAINER}__nnUNetPlans__3d_fullres")
+    maybe_mkdir_p(os.path.join(folder, "fold_0"))
+    save_json(plans, os.path.join(folder, "plans.json"))
+    save_json(load_json(os.path.join(synthetic_dataset["preprocessed"], "dataset.json")),
+              os.path.join(folder, "dataset.json"))
+    path, state = tiny_sam_checkpoint
+    net = ZAP25DPromptedNetwork(1, 3, "vit_test", window_size=4)
+    net.load_pretrained(state, path)
+    with torch.no_grad():
+        for p in net.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"network_weights": net.state_dict(), "trainer_name": TRAINER,
+                "init_args": {"configuration": "3d_fullres", "fold": 0}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    case = sorted(os.path.basename(f)[:-len(".b2nd")] for f in glob.glob(
+        os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans_3d_fullres", "*.b2nd"))
+        if not f.endswith("_seg.b2nd"))[0]
+    return folder, case
+
+
+def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_path, sam_env, tiny_sam_checkpoint):
+    folder, case = model_folder
+    out = str(tmp_path / "interaction" / "interaction.json")
+    cli.main(["interaction", "-m", folder, "-f", "0", "--rounds", "1", "--cases", case, "-o", out])
+    sam_env.setenv("nnUNet_SAM_checkpoint", tiny_sam_checkpoint[0])
+    cli.main(["interaction", "-m", folder, "-f", "0", "--rounds", "1", "--cases", case, "-o", out,
+              "--prompts", "box", "--zero-shot"])
+    result = json.load(open(out))
+    rows = result["rows"]
+    trained = [r for r in rows if r["trained"]]
+    assert {(r["prompt"], r["round"]) for r in trained} == {(p, r) for p in ("box", "clicks", "box+clicks")
+                                                            for r in (0, 1)}
+    zero = [r for r in rows if not r["trained"]]
+    assert {(r["trainer"], r["prompt"], r["round"]) for r in zero} == {(TRAINER + "+zero-shot", "box", 0),
+                                                                      (TRAINER + "+zero-shot", "box", 1)}
+    assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice"} for r in rows)
+    assert all(r["dice"] is None or 0 <= r["dice"] <= 1 for r in rows)
+    assert result["cases"] == [case] and set(result["rounds_to_target"]) == {TRAINER, TRAINER + "+zero-shot"}
+    assert len(result["per_case"][TRAINER + "+zero-shot"]["box"][case]) == 2  # round 0 and 1
+
+
+def test_interaction_refuses_unknown_prompt_kinds(model_folder):
+    from sam_nnunet.evaluation.interaction import evaluate_interaction
+
+    folder, case = model_folder
+    with pytest.raises(ValueError, match="prompt kinds are box, clicks, box\\+clicks"):
+        evaluate_interaction(folder, 0, prompts=("lasso",), cases=[case])
+
+
+def test_reference_boxes_and_dice():
+    reference = np.zeros((6, 7, 8), dtype=np.int64)
+    reference[1:3, 2:6, 3:4] = 2
+    boxes = reference_boxes(reference, [1, 2], False)
+    assert boxes.box_labels.tolist() == [click_label(2)] and boxes.boxes.tolist() == [[[1, 2, 3], [2, 5, 3]]]
+    assert foreground_dice(reference, reference, [1, 2], False) == 1.0
+    assert foreground_dice(np.zeros_like(reference), reference, [1, 2], False) == 0.0
+
+
+def test_counts_bars_unchanged_by_boxes_and_mask_prompts(capsys):
+    """`sam-nnunet info`: ZAP25DSAMTrainer_prompted with boxes and the mask prompt has ZAP25DSAMTrainer's counts, the
+    paper's 3,506,304 trainable and 0 added (the box corners and mask_downscaling are SAM's frozen prompt encoder)."""
+    counts = {}
+    for trainer in ("ZAP25DSAMTrainer", TRAINER):
+        cli.main(["info", "--trainer", trainer, "--encoder", "vit_b", "--inputs", "1", "--outputs", "2", "--json"])
+        counts[trainer] = json.loads(capsys.readouterr().out)
+    assert counts[TRAINER]["trainable"] == counts["ZAP25DSAMTrainer"]["trainable"] == 3_506_304
+    assert counts[TRAINER]["frozen"] == counts["ZAP25DSAMTrainer"]["frozen"]
+    assert counts[TRAINER]["added"] == 0
+    net = ZAP25DPromptedNetwork(1, 3, "vit_test")
+    assert not any(p.requires_grad for p in net.prompt_encoder.mask_downscaling.parameters())
+    assert not any(p.requires_grad for p in net.prompt_encoder.point_embeddings.parameters())
