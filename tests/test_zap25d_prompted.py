@@ -244,6 +244,14 @@ def test_training_and_validation_steps_with_the_papers_clicks(synthetic_dataset,
             assert torch.equal(v, frozen[k]), f"frozen {k} changed"
     assert any(not torch.equal(v, decoder[k]) for k, v in net.decoder.state_dict().items())
 
+    # boxes and simulated correction rounds through nnU-Net's own train_step (the rounds hand it the embeddings)
+    seen.clear()
+    trainer.train_box_probability, trainer.refine_probability = 1.0, 1.0
+    loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+    assert np.isfinite(loss) and len(seen) >= 2  # >= 1 round without gradient, then the training forward
+    assert seen[-1][2].shape[1] > 3 * (heads - 1)  # the correction clicks' slots
+    trainer.train_box_probability = trainer.refine_probability = 0
+
     seen.clear()
     trainer.on_validation_epoch_start()
     with torch.no_grad():
