@@ -28,8 +28,10 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 from torch.utils.checkpoint import checkpoint
 
+from sam_nnunet import nnunet_prediction
 from sam_nnunet.blocks.channels import InputChannelAdapter
 from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
 from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT, PLANE_LAYOUTS
@@ -38,6 +40,11 @@ from sam_nnunet.decoders.sam_mask import PromptFreeMaskDecoder, build_sam_prompt
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+
+
+# nnU-Net's predictor (nnUNetv2_predict, the final validation) hands a case to predict_volume whole: every pseudo-slice
+# encoded once per mirroring, not once per overlapping 3D tile
+nnunet_prediction.install()
 
 
 class PlaneEmbedding(NamedTuple):
@@ -276,17 +283,86 @@ class ZAP25DNetwork(SAMNetworkBase):
 
     def _plane_logits(self, plane: PlaneEmbedding, axis: int, prompt=None) -> torch.Tensor:
         """Mask logits (B, k, D, H, W) of one orientation (slices along ``axis``) of the padded patch."""
+        return self._plane_volume(self._plane_masks(plane, prompt), plane.batch, axis)
+
+    def _plane_masks(self, plane: PlaneEmbedding, prompt=None) -> torch.Tensor:
+        """Mask logits (N, k, a, b) of the N pseudo-slices of one orientation, at the slice resolution."""
         height, width = plane.slice_shape
         masks = self._decode(plane, prompt)  # (N, k, 4 gh, 4 gw)
         if tuple(masks.shape[-2:]) != (height, width):
             shrink = masks.shape[-2] >= height and masks.shape[-1] >= width
             # area: the mean of the finer logits (LiteMedSAM's masks are 4x the slice resolution)
             masks = F.interpolate(masks, size=(height, width), mode="area" if shrink else "bilinear")
-        masks = masks.unflatten(0, (plane.batch, -1))  # (B, S / pool, k, a, b): the order of _plane_order
+        return masks
+
+    def _plane_volume(self, masks: torch.Tensor, batch: int, axis: int) -> torch.Tensor:
+        """Pseudo-slice masks (B * S / pool, k, a, b) of one orientation -> logits (B, k, D, H, W)."""
+        masks = masks.unflatten(0, (batch, -1))  # (B, S / pool, k, a, b): the order of _plane_order
         order = self._plane_order(axis)
         masks = masks.permute([order.index(i) for i in range(5)])  # (B, k, D / pool, H, W) for axis 2, etc.
         return F.interpolate(masks, size=tuple(masks.shape[i] * (self.pool if i == axis else 1) for i in (2, 3, 4)),
                              mode="trilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict_volume(self, x: torch.Tensor, patch_size: Sequence[int], tile_step_size: float = 0.5,
+                       use_gaussian: bool = True) -> torch.Tensor:
+        """Logits (1, num_classes, D, H, W) of a whole case x (1, C_in, D, H, W), every pseudo-slice encoded once.
+
+        nnU-Net's 3D sliding window encodes a pseudo-slice once per overlapping tile; here each orientation is
+        predicted on its own: all its pseudo-slices along the slice axis, in-plane in windows of the patch's size
+        (the geometry the decoder was trained on: SAM's positional encoding is relative to the token grid), placed
+        with nnU-Net's steps and blended with its Gaussian. A case no larger than the patch in-plane is one window:
+        each pseudo-slice is encoded exactly once, and the result equals ``forward`` of the case. Each pseudo-slice
+        is independent of the others, so they are encoded and decoded ``encoder_batch`` at a time (bounded memory);
+        only the upsampling along the slice axis joins them."""
+        if x.ndim != 5 or x.shape[0] != 1:
+            raise ValueError(f"predict_volume takes one case (1, C, D, H, W), got {tuple(x.shape)}")
+        spatial = tuple(x.shape[2:])
+        if any(s < p for s, p in zip(spatial, patch_size)):
+            raise ValueError(f"pad the case {spatial} to at least the patch size {tuple(patch_size)} first")
+        padded, _ = pad_to_multiple(x, (self.pool,) * 3)
+        logits = 0
+        for axis in (2, 3, 4):
+            logits = logits + self._predict_orientation(padded, axis, patch_size, tile_step_size, use_gaussian)
+        logits = crop_to(logits, spatial)
+        if self.background_channel:
+            logits = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
+        return logits
+
+    def _predict_orientation(self, padded: torch.Tensor, axis: int, patch_size: Sequence[int],
+                             tile_step_size: float, use_gaussian: bool) -> torch.Tensor:
+        rows, cols = PLANE_LAYOUTS[self.plane_layout][axis]
+        window = (patch_size[rows - 2], patch_size[cols - 2])
+        size = (padded.shape[rows], padded.shape[cols])
+        steps = compute_steps_for_sliding_window(size, window, tile_step_size)
+        weight = compute_gaussian(window, sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
+                                  device=padded.device) if use_gaussian else torch.ones(window, device=padded.device)
+        shape = [1] * 5
+        shape[rows], shape[cols] = window
+        weight = weight.reshape(shape)
+        total, weights = None, torch.zeros([padded.shape[i] if i in (rows, cols) else 1 for i in range(5)],
+                                           device=padded.device)
+        for r0 in steps[0]:
+            for c0 in steps[1]:
+                where = [slice(None)] * 5
+                where[rows], where[cols] = slice(r0, r0 + window[0]), slice(c0, c0 + window[1])
+                part = self._window_logits(padded[tuple(where)], axis) * weight
+                if total is None:
+                    total = part.new_zeros((1, part.shape[1], *padded.shape[2:]))
+                total[tuple(where)] += part
+                weights[tuple(where)] += weight[0, 0]
+        return total / weights
+
+    def _window_logits(self, sub: torch.Tensor, axis: int) -> torch.Tensor:
+        """This orientation's logits of a sub-volume (1, C, D', H', W'): all its slices along ``axis``, one window
+        in-plane; as ``forward`` computes them for a patch of that size (padded, then cropped back)."""
+        padded, spatial = pad_to_multiple(sub, (self.pool,) * 3)
+        stack = self.channels(padded).permute(self._plane_order(axis))  # (1, S, 3, a, b)
+        _, s, c, height, width = stack.shape
+        groups = stack.reshape(s // self.pool, self.pool, c, height, width)
+        masks = torch.cat([self._plane_masks(self._plane(self.encoder(g), 1, (height, width)))
+                           for g in groups.split(self.encoder_batch)])
+        return crop_to(self._plane_volume(masks, 1, axis), spatial)
 
     def forward(self, x: Union[torch.Tensor, CachedEmbeddings]) -> torch.Tensor:
         return self.decode(*self.embed(x))
