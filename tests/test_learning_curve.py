@@ -86,7 +86,8 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
     raw = tmp_path / "raw"
     source = make_synthetic_dataset(str(raw), 990, num_train=8, num_test=2, seed=3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
-    env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2")
+    # in-process augmentation: no worker start-ups (~10 s each) in trainings of 2 seconds; planning still runs
+    env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
     out = tmp_path / "doc" / "learning_curve.json"
     args = [990, "--test-folder", source, "--sizes", 3, 6, "--trainers", "nnUNetTrainerShortRun",
             "ZAP25DSAMTrainer:vit_test", "--budget", 2, "--allow-random-init", "--disable-tta", "--cache-copies", 1,

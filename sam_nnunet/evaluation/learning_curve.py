@@ -209,8 +209,11 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
     for key in ("training", "test"):  # MSD's case lists name every case of the task
         meta.pop(key, None)
     _atomic_json(os.path.join(raw, "dataset.json"), meta)
+    # nnUNet_n_proc_DA=0 (in-process augmentation) is for nnUNetv2_train: nnU-Net's planner passes the variable to
+    # torch.set_num_threads, which refuses 0
+    plan_env = {k: v for k, v in env.items() if not (k == "nnUNet_n_proc_DA" and v.strip() == "0")}
     _run(["nnUNetv2_plan_and_preprocess", "-d", entry["id"], "-c", s.configuration, "-np", s.processes, "-npfp",
-          s.processes, "--verify_dataset_integrity"], env, log)
+          s.processes, "--verify_dataset_integrity"], plan_env, log)
     if s.configuration_override:  # a copy of nnU-Net's plans, edited as a user would, preprocessed again
         with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
             plan = json.load(f)
@@ -219,7 +222,7 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
             {**s.configuration_override, "data_identifier": f"{plans}_{s.configuration}"})
         _atomic_json(os.path.join(preprocessed, plans + ".json"), plan)
         _run(["nnUNetv2_preprocess", "-d", entry["id"], "-plans_name", plans, "-c", s.configuration, "-np",
-              s.processes], env, log)
+              s.processes], plan_env, log)
     open(done_marker, "w").close()
     return name, plans
 
