@@ -198,7 +198,9 @@ class InteractiveSession:
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         p = self.predictor
-        previous = p.mask_prompt_of(self._history[-1][1]) if self._history else None
+        # the previous prediction refines only where the network takes a mask prompt (ZAP; the adapter: clicks only)
+        refines = getattr(p.plain_network, "takes_boxes", False)
+        previous = p.mask_prompt_of(self._history[-1][1]) if self._history and refines else None
         try:
             logits = predict_case_prompts(p, self._data, prompts, self._properties, previous).cpu()
         except ClickOutsideError as e:
