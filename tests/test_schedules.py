@@ -25,3 +25,22 @@ def test_epochs_set_and_the_short_run_variables_still_win(synthetic_dataset, sam
     assert trainer.num_epochs == 250 and trainer.num_iterations_per_epoch == 250
     sam_env.setenv("nnUNet_SAM_num_epochs", "3")
     assert make_trainer(cls, synthetic_dataset).num_epochs == 3
+
+
+@pytest.mark.parametrize("name, parent", [("ZAP25DSAMTrainer_upsample2", ZAP25DSAMTrainer),
+                                          ("ZAP25DSAMTrainer_prompted_upsample2", ZAP25DSAMTrainer_prompted)])
+def test_the_x2_scale_goes_into_the_plans_and_halves_the_token_grid(name, parent, synthetic_dataset, sam_env,
+                                                                      tmp_path):
+    sam_env.setenv("nnUNet_results", str(tmp_path))
+    sam_env.setenv("nnUNet_SAM_encoder", "vit_test")
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+    cls = recursive_find_trainer_class_by_name(name)
+    assert cls is not None and issubclass(cls, parent) and cls.network_class == parent.network_class
+    grids = {}
+    for trainer_class in (parent, cls):
+        trainer = make_trainer(trainer_class, synthetic_dataset)
+        trainer.initialize()
+        arch = trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+        assert arch["upsample"] == (2 if trainer_class is cls else 4)
+        grids[trainer_class] = trainer.sam_network.encoder.grid(48, 40)
+    assert grids[cls] == tuple(g // 2 for g in grids[parent])
