@@ -65,7 +65,7 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
     assert {(r["trainer"], r["prompt"], r["round"]) for r in zero} == {(TRAINER + "+zero-shot", "box", 0),
                                                                       (TRAINER + "+zero-shot", "box", 1)}
     assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice"} for r in rows)
-    assert all(r["dice"] is None or 0 <= r["dice"] <= 1 for r in rows)
+    assert all(r["dice"] is not None and 0 <= r["dice"] <= 1 for r in rows)  # every case has both classes
     assert result["cases"] == [case] and set(result["rounds_to_target"]) == {TRAINER, TRAINER + "+zero-shot"}
     assert len(result["per_case"][TRAINER + "+zero-shot"]["box"][case]) == 2  # round 0 and 1
 
@@ -100,3 +100,40 @@ def test_counts_bars_unchanged_by_boxes_and_mask_prompts(capsys):
     net = ZAP25DPromptedNetwork(1, 3, "vit_test")
     assert not any(p.requires_grad for p in net.prompt_encoder.mask_downscaling.parameters())
     assert not any(p.requires_grad for p in net.prompt_encoder.point_embeddings.parameters())
+
+
+def test_predict_prompted_with_a_box_and_rounds(model_folder, synthetic_dataset, tmp_path):
+    """sam-nnunet predict-prompted reads boxes and rounds from the prompt file, predicts the rounds and records them in
+    clicks.json (itself a valid prompt file)."""
+    import SimpleITK as sitk
+
+    from sam_nnunet.prompts.prompt_file import load_prompts
+
+    folder, _ = model_folder
+    images = os.path.join(synthetic_dataset["raw"], "imagesTs")
+    case = sorted(f for f in os.listdir(images) if f.endswith("_0000.nii.gz"))[0][:-len("_0000.nii.gz")]
+    size = sitk.ReadImage(os.path.join(images, case + "_0000.nii.gz")).GetSize()
+    one = os.path.join(str(tmp_path), "in")
+    os.makedirs(one)
+    os.symlink(os.path.join(images, case + "_0000.nii.gz"), os.path.join(one, case + "_0000.nii.gz"))
+    box = [[2, 3, 4], [min(s - 1, 14) for s in size]]
+    prompts = {"coordinates": "voxel", "cases": {case: {"rounds": [[{"box": box, "class": 1}],
+                                                               [{"point": [5, 6, 7], "class": 1,
+                                                                 "positive": False}]]}}}
+    path = str(tmp_path / "prompts.json")
+    with open(path, "w") as f:
+        json.dump(prompts, f)
+    out = str(tmp_path / "out")
+    cli.main(["predict-prompted", "-i", one, "-o", out, "-m", folder, "-f", "0", "--prompts", path, "--tiles",
+              "clicked", "--disable_tta"])
+    assert os.path.isfile(os.path.join(out, case + ".nii.gz"))
+    record = load_prompts(os.path.join(out, "clicks.json"))
+    assert record.round_of(case) == [0, 1] and [type(e).__name__ for e in record.cases[case]] == ["Box", "Click"]
+    assert list(record.cases[case][0].first) == box[0] and list(record.cases[case][0].last) == box[1]
+    # a box outside the image stops the command before any prediction, naming case and entry
+    prompts["cases"][case] = [{"box": [[0, 0, 0], [size[0], 1, 1]], "class": 1}]
+    with open(path, "w") as f:
+        json.dump(prompts, f)
+    with pytest.raises(SystemExit, match=rf"case '{case}', click 0 \(a box\): the box .* outside the image"):
+        cli.main(["predict-prompted", "-i", one, "-o", str(tmp_path / "out2"), "-m", folder, "-f", "0", "--prompts",
+                  path])
