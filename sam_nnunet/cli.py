@@ -2,6 +2,7 @@
 nnUNetv2_predict, ...) with ``-tr <our trainer>``; these commands cover what nnU-Net has no command for."""
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -53,10 +54,15 @@ def _cmd_interaction(args) -> None:
                                       args.chk, not args.tta, args.o, args.label)
     except (ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
-    for row in result["rows"]:
-        print(f"{row['trainer']:40s} trained={row['trained']!s:5s} {row['prompt']:10s} round {row['round']}: "
-              f"Dice {row['dice']}")
-    print(f"Written: {args.o}")
+    from sam_nnunet.evaluation.interaction import interaction_table, write_interaction_chart
+
+    table = interaction_table(result)
+    stem = os.path.splitext(args.o)[0]
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    chart = write_interaction_chart(result, stem + ".png")
+    print(table)
+    print(f"Written: {args.o}, {stem}.md, {chart}")
 
 
 def _cmd_demo(args) -> None:

@@ -184,3 +184,50 @@ def merge_interaction_file(path: str, result: dict) -> dict:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def _series(result: dict) -> Dict[tuple, List[tuple]]:
+    """{(trainer, trained, prompt): [(round, dice), ...]} of the rows."""
+    series: Dict[tuple, List[tuple]] = {}
+    for row in result["rows"]:
+        series.setdefault((row["trainer"], row["trained"], row["prompt"]), []).append((row["round"], row["dice"]))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def interaction_table(result: dict) -> str:
+    """Markdown: one line per trainer / trained / prompt, Dice per round, rounds to the target Dice."""
+    series = _series(result)
+    rounds = max((r for points in series.values() for r, _ in points), default=0)
+    head = ["trainer", "trained", "prompt"] + [f"round {r}" for r in range(rounds + 1)] + [
+        f"rounds to Dice {result.get('target_dice', 0.9):g}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (trainer, trained, prompt), points in series.items():
+        dice = dict(points)
+        cells = [trainer, "yes" if trained else "no (zero-shot)", prompt] + [
+            "" if dice.get(r) is None else f"{dice[r]:.3f}" for r in range(rounds + 1)]
+        target = result.get("rounds_to_target", {}).get(trainer, {}).get(prompt)
+        lines.append("| " + " | ".join(cells + ["" if target is None else f"{target:.1f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_interaction_chart(result: dict, path: str) -> str:
+    """Dice against interaction round, one line per trainer / trained / prompt (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (trainer, trained, prompt), points in _series(result).items():
+        xs = [r for r, d in points if d is not None]
+        ax.plot(xs, [d for _, d in points if d is not None], marker="o",
+                label=f"{trainer}{'' if trained else ' (zero-shot)'}: {prompt}")
+    ax.set_xlabel("correction round (0 = first prompt)")
+    ax.set_ylabel("Dice (foreground mean)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Interactive segmentation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
