@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from sam_nnunet.blocks.plane_prompts import (SAM_NOT_A_POINT, boxes_for_outputs, plane_mask_prompt, project_boxes,
                                              project_clicks, pseudo_slices_crossed, sam_point_labels)
-from sam_nnunet.networks.zap25d import PlaneEmbedding, ZAP25DNetwork
+from sam_nnunet.networks.zap25d import CachedEmbeddings, PlaneEmbedding, ZAP25DNetwork
 
 MASK_PROMPT_CLAMP = 20.0  # SAM's mask input is a low-resolution logit map; keep saturated previous logits in range
 
@@ -84,6 +84,11 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
                 "prompts": "3D clicks (optional): point_coords (B, N, 3) voxels, point_labels (B, N) = "
                            "2 * channel + negative, -1 = none; boxes (B, M, 2, 3) first / last voxel, box_labels "
                            "(B, M) = 2 * channel; mask_prompt (B, k, D, H, W) previous mask logits"}
+
+    def encoded(self, x: torch.Tensor) -> CachedEmbeddings:
+        """The frozen encoder's output for x, to be decoded with other prompts again (``forward`` takes it in place
+        of x): the embedding cache of interactive prediction (``sam_nnunet.prompts.predictor``)."""
+        return CachedEmbeddings.of(*self.embed(x))
 
     def plane_prompts(self, point_coords: torch.Tensor, point_labels: torch.Tensor, spatial: Sequence[int],
                       boxes: Optional[torch.Tensor] = None, box_labels: Optional[torch.Tensor] = None,

@@ -19,7 +19,7 @@ export. What changes:
     mirrored with the tile;
   - ``embedding_cache`` (a dict, off by default): the frozen encoder's output of every tile, mirroring and fold is
     kept, so that predicting the same image again with other prompts (an interactive session,
-    ``sam_nnunet.prompts.session``) runs the decoder only (networks with ``embed``: ZAP25DPromptedNetwork).
+    ``sam_nnunet.prompts.session``) runs the decoder only (networks with ``encoded``: ZAP25DPromptedNetwork).
 """
 import itertools
 from typing import NamedTuple, Optional, Tuple
@@ -193,13 +193,11 @@ class PromptedPredictor(SafeCheckpointPredictor):
     def _network_input(self, x: torch.Tensor, key):
         """The tile itself, or (``embedding_cache``) the frozen encoder's output for it, computed once per key."""
         net = self.plain_network
-        if self.embedding_cache is None or key is None or not hasattr(net, "embed"):
+        if self.embedding_cache is None or key is None or not hasattr(net, "encoded"):
             return x
         key = (self._fold_index,) + key
         if key not in self.embedding_cache:
-            from sam_nnunet.networks.zap25d import CachedEmbeddings
-
-            self.embedding_cache[key] = CachedEmbeddings.of(*net.embed(x))
+            self.embedding_cache[key] = net.encoded(x)
         return self.embedding_cache[key]
 
     @torch.inference_mode()

@@ -5,7 +5,6 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from sam_nnunet.networks.zap25d import CachedEmbeddings
 from sam_nnunet.prompts.boxes import sample_boxes_from_target
 from sam_nnunet.prompts.clicks import NO_CLICK
 from sam_nnunet.prompts.corrections import correction_click, region_correction_click
@@ -76,7 +75,7 @@ class ZAP25DSAMTrainer_prompted(PromptedTrainerMixin, ZAP25DSAMTrainer):
             active = active | (prompts["box_labels"] >= 0).any(1)
         with torch.no_grad():
             data = batch["data"].to(self.device, non_blocking=True)
-            cached = CachedEmbeddings.of(*net.embed(data))  # the frozen encoder once for every round
+            cached = net.encoded(data)  # the frozen encoder once for every round
             for _ in range(rounds):
                 logits = net(cached, **prompts)
                 prompts = {**prompts, **self._with_corrections(prompts, logits, target, active),
