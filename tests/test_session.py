@@ -231,3 +231,22 @@ def test_session_bad_input_one_message_each(session_setup, monkeypatch):
     for call, message in cases:
         with pytest.raises(SessionError, match=message):
             call()
+
+
+def test_session_world_and_voxel_coordinates(session_setup, monkeypatch, tmp_path):
+    """add_box / add_click in the file's voxel index (i, j, k) and in world mm (LPS and RAS) land on the same array
+    voxels, with a header that flips an axis."""
+    session, _ = _session(session_setup, monkeypatch)
+    image, path = _image(tmp_path, size=(10, 12, 14), spacing=(1.0, 1.0, 1.0), origin=(10.0, -5.0, 3.0))
+    session.set_image_file(path)
+    first, last = (1, 2, 3), (6, 8, 9)  # (i, j, k)
+    expected = [list(first[::-1]), list(last[::-1])]  # the reader's array axes (k, j, i)
+    session.add_box(first, last, 1, coordinates="voxel")
+    world = [list(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in c])) for c in (first, last)]
+    session.add_box(world[0], world[1], 1, coordinates="world")
+    session.world_convention = "RAS"
+    session.add_box([-world[0][0], -world[0][1], world[0][2]], [-world[1][0], -world[1][1], world[1][2]], 1,
+                    coordinates="world")
+    session.add_click([-world[1][0], -world[1][1], world[1][2]], 2, coordinates="world")  # RAS
+    np.testing.assert_allclose(session.interactions.boxes, [expected] * 3, atol=1e-6)
+    np.testing.assert_allclose(session.interactions.points, [last[::-1]], atol=1e-6)
