@@ -11,7 +11,7 @@ from helpers import make_trainer
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.zap25d import CachedEmbeddings
 from sam_nnunet.trainers import ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
-from sam_nnunet.trainers.embedding_cache import EmbeddingCache, _draw_copies, state_sha256
+from sam_nnunet.trainers.embedding_cache import CachedBatches, EmbeddingCache, _draw_copies, state_sha256
 
 
 @pytest.fixture
@@ -142,6 +142,40 @@ def test_without_the_cache_it_is_nnunets_loader(synthetic_dataset, cached):
     assert isinstance(next(trainer.get_dataloaders()[0])["data"], torch.Tensor)  # 24 draws < 2 x 4 x 8 encodings
     trainer.num_epochs = 6  # 72 draws >= 64
     assert isinstance(next(trainer.get_dataloaders()[0])["data"], CachedEmbeddings)
+
+
+def test_under_a_time_budget_copies_are_encoded_when_first_drawn(synthetic_dataset, cached, monkeypatch):
+    cached.setenv("nnUNet_SAM_time_budget_seconds", "60")
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    trainer.initialize()
+    counter = _CountingEncoder(trainer.sam_network, monkeypatch)
+    train, _ = trainer.get_dataloaders()
+    cache = trainer.embedding_cache()
+    assert counter.calls == 0 and not _entries(cache.folder)  # nothing built first
+    batch = next(train)
+    assert isinstance(batch["data"], CachedEmbeddings) and batch["data"].batch == trainer.batch_size
+    filled = _entries(cache.folder)
+    assert 1 <= len(filled) <= trainer.batch_size and counter.calls > 0
+
+    # the copy a build would have stored: what the encoder gives for the patch drawn again from its seed
+    _, dataset_tr, initial, transforms = trainer.embedding_cache_sources()[0]
+    case, _, copy = filled[0][:-len(".pt")].split("__")
+    embeddings, target = EmbeddingCache.read(os.path.join(cache.folder, filled[0]))
+    (data, again), = _draw_copies(dataset_tr, case, [int(copy)], cache.digest, initial,
+                                  trainer.configuration_manager.patch_size, trainer.label_manager,
+                                  trainer.oversample_foreground_percent, transforms)
+    assert torch.equal(again, target)
+    with torch.no_grad():
+        planes, _ = trainer.sam_network.embed(data[None])
+    for axis, plane in planes.items():
+        torch.testing.assert_close(embeddings.embeddings[axis], plane.embeddings.half())
+
+    # a copy already in the cache is read, not encoded again
+    present = {c: [p for p in paths if os.path.isfile(p)] for c, paths in train.entries.items()}
+    again = CachedBatches({c: p for c, p in present.items() if p}, trainer.batch_size, fill=train.fill)
+    calls = counter.calls
+    next(again)
+    assert counter.calls == calls
 
 
 def test_the_weights_hash_covers_every_tensor_batchnorm_counters_included():

@@ -20,6 +20,9 @@ Where and how:
   - Files are written atomically (temporary file, fsync, rename): an interrupted build resumes where it stopped, a
     half-written file is never used; several processes (folds, DDP ranks) read one cache at once.
   - Before writing, the size is estimated from the first copy and compared with the free disk space.
+  - Under a wall-clock budget the cache is not built first but filled as drawn: a copy is encoded when training
+    first draws it (the same copy, from the same seed), so a budget is never spent on encoding patches it does not
+    reach, and no run costs more than an uncached one.
 """
 import hashlib
 import json
@@ -27,7 +30,7 @@ import os
 import random
 import shutil
 from importlib.metadata import version
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -112,20 +115,31 @@ class EmbeddingCache:
 
 class CachedBatches:
     """An endless iterator of nnU-Net batches ({'data': CachedEmbeddings, 'target', 'keys'}) drawn from the cache:
-    ``batch_size`` cases uniformly with replacement (as nnU-Net's loader), one of their copies each."""
+    ``batch_size`` cases uniformly with replacement (as nnU-Net's loader), one of their copies each. With ``fill``
+    (case, copy, path), a copy missing from the cache is encoded when it is first drawn (and read back, so that it
+    is used exactly as later draws read it)."""
 
-    def __init__(self, entries: Dict[str, List[str]], batch_size: int, seed: Optional[int] = None) -> None:
+    def __init__(self, entries: Dict[str, List[str]], batch_size: int, seed: Optional[int] = None,
+                 fill: Optional[Callable[[str, int, str], None]] = None) -> None:
         self.entries = entries
         self.cases = sorted(entries)
         self.batch_size = batch_size
         self.rng = random.Random(seed)
+        self.fill = fill
 
     def __iter__(self):
         return self
 
+    def _read(self, case: str) -> Tuple[CachedEmbeddings, torch.Tensor]:
+        paths = self.entries[case]
+        path = self.rng.choice(paths)
+        if self.fill is not None and not os.path.isfile(path):
+            self.fill(case, paths.index(path), path)
+        return EmbeddingCache.read(path)
+
     def __next__(self) -> dict:
         cases = [self.rng.choice(self.cases) for _ in range(self.batch_size)]
-        items = [EmbeddingCache.read(self.rng.choice(self.entries[c])) for c in cases]
+        items = [self._read(c) for c in cases]
         return {"data": CachedEmbeddings.concatenate([e for e, _ in items]),
                 "target": torch.stack([t for _, t in items]), "keys": cases}
 
@@ -180,15 +194,42 @@ def build_cache(cache: EmbeddingCache, network, dataset, fingerprints: Dict[str,
             drawn = _draw_copies(dataset, case, ks, cache.digest, patch_size, final_patch_size, label_manager,
                                  oversample, transforms)
             for k, (data, target) in zip(ks, drawn):
-                with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-                    planes, spatial = network.embed(data[None].to(device))
-                size = cache.write(entries[case][k], CachedEmbeddings.of(planes, spatial), target)
+                size = _encode_entry(cache, network, data, target, entries[case][k], device)
                 if not checked:
                     _check_disk(cache.folder, size * (todo - 1), what)
                     checked = True
     finally:
         network.train(was_training)
     return entries
+
+
+def _encode_entry(cache: EmbeddingCache, network, data: torch.Tensor, target: torch.Tensor, path: str,
+                  device: torch.device) -> int:
+    # the frozen part only (ZAP's encoder stays in eval mode whatever the network's mode)
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        planes, spatial = network.embed(data[None].to(device))
+    return cache.write(path, CachedEmbeddings.of(planes, spatial), target)
+
+
+def filler(cache: EmbeddingCache, network, dataset, entries: Dict[str, List[str]], patch_size, final_patch_size,
+           label_manager, oversample: float, transforms, device: torch.device, what: str, log=print
+           ) -> Callable[[str, int, str], None]:
+    """``CachedBatches``' ``fill``: encodes one missing copy (the same one ``build_cache`` would store: its seed is
+    the copy's) when it is first drawn. The disk is checked after the first one."""
+    cache.prepare()
+    state = {"checked": False}
+
+    def fill(case: str, copy: int, path: str) -> None:
+        (data, target), = _draw_copies(dataset, case, [copy], cache.digest, patch_size, final_patch_size,
+                                       label_manager, oversample, transforms)
+        size = _encode_entry(cache, network, data, target, path, device)
+        if not state["checked"]:
+            state["checked"] = True
+            missing = sum(not os.path.isfile(p) for paths in entries.values() for p in paths)
+            log(f"Embedding cache ({what}): filled as drawn, {missing} of "
+                f"{sum(len(p) for p in entries.values())} copies still to encode ({size / 2 ** 20:.1f} MiB each)")
+            _check_disk(cache.folder, size * missing, what)
+    return fill
 
 
 def _check_disk(folder: str, needed: int, what: str) -> None:
@@ -206,7 +247,9 @@ class EmbeddingCacheMixin:
     """Mixed into a trainer whose network has ``embed`` / ``decode`` and takes ``CachedEmbeddings`` (ZAP): nnU-Net's
     training and validation loaders are replaced by ``CachedBatches`` over a cache built (or completed) at the start
     of training. ``nnUNet_SAM_cache_copies`` sets K (0: no cache, every step runs the encoder); by default K = 4
-    where the training draws at least twice as many patches as the cache encodes, else no cache (short runs)."""
+    where the training draws at least twice as many patches as the cache encodes, else no cache (short runs).
+    Under a wall-clock budget (``nnUNet_SAM_time_budget_seconds``) nothing is built first: each copy is encoded when
+    it is first drawn (``filler``), inside the budget."""
 
     cache_copies: int = DEFAULT_COPIES
 
@@ -270,17 +313,27 @@ class EmbeddingCacheMixin:
             return super().get_dataloaders()
         cache = self.embedding_cache()
         folder, patch = self.preprocessed_dataset_folder, self.configuration_manager.patch_size
+        # under a wall-clock budget the cache fills as it is drawn: building it first could take the whole budget,
+        # and a copy encoded at its first draw costs what an uncached step costs, later draws only the decoder
+        as_drawn = settings.get_positive_float(settings.TIME_BUDGET_SECONDS) is not None
         loaders = []
         for what, dataset, size, transforms in sources:
             fingerprints = {c: case_fingerprint(folder, c) for c in dataset.identifiers}
-            if self.local_rank == 0:
-                build_cache(cache, self.sam_network, dataset, fingerprints, copies, size, patch, self.label_manager,
-                            self.oversample_foreground_percent, transforms, self.device, what,
-                            log=self.print_to_log_file)
-            if self.is_ddp:
-                torch.distributed.barrier()  # the other ranks read what rank 0 wrote
             entries = {c: [cache.path(c, fingerprints[c], k) for k in range(copies)] for c in dataset.identifiers}
-            loaders.append(CachedBatches(entries, self.batch_size))
-        self.print_to_log_file(f"Training from the embedding cache: {copies} augmented copies per case "
+            fill = None
+            if as_drawn:
+                fill = filler(cache, self.sam_network, dataset, entries, size, patch, self.label_manager,
+                              self.oversample_foreground_percent, transforms, self.device, what,
+                              log=self.print_to_log_file)
+            else:
+                if self.local_rank == 0:
+                    build_cache(cache, self.sam_network, dataset, fingerprints, copies, size, patch,
+                                self.label_manager, self.oversample_foreground_percent, transforms, self.device,
+                                what, log=self.print_to_log_file)
+                if self.is_ddp:
+                    torch.distributed.barrier()  # the other ranks read what rank 0 wrote
+            loaders.append(CachedBatches(entries, self.batch_size, fill=fill))
+        self.print_to_log_file(f"Training from the embedding cache: {copies} augmented copies per case"
+                               f"{', each encoded when first drawn (time budget)' if as_drawn else ''} "
                                f"({settings.CACHE_COPIES}=0 trains without it)")
         return tuple(loaders)
