@@ -27,7 +27,7 @@ def _predictor(net, mirroring=False, gaussian=True) -> nnUNetPredictor:
 def _counting(net) -> list:
     """Pseudo-slices passed through the frozen encoder, appended per call."""
     seen, forward = [], net.encoder.forward
-    net.encoder.forward = lambda groups: (seen.append(groups.shape[0]), forward(groups))[1]
+    net.encoder.forward = lambda groups, **kw: (seen.append(groups.shape[0]), forward(groups, **kw))[1]
     return seen
 
 
@@ -57,19 +57,13 @@ def test_a_case_within_the_patch_is_predicted_as_nnunet_does():
         torch.testing.assert_close(weighted, ours)  # one window: the Gaussian cancels
 
 
-def test_every_pseudo_slice_is_encoded_once_per_mirroring_and_window_on_a_case_of_several_tiles():
+def test_every_pseudo_slice_is_encoded_once_per_mirroring_on_a_case_of_several_tiles():
     net = _net()
     image = torch.randn(1, 13, 12, 13)  # 3 x 1 x 3 tiles of 8 x 12 x 8 with nnU-Net's half-tile steps
     shape = tuple(image.shape[1:])
     tiles = math.prod(len(s) for s in compute_steps_for_sliding_window(shape, PATCH, 0.5))
-    padded = [math.ceil(s / net.pool) * net.pool for s in shape]
-    expected = 0
-    for axis in (2, 3, 4):  # per orientation: its pseudo-slices times the in-plane windows of the patch's size
-        rows, cols = PLANE_LAYOUTS[net.plane_layout][axis]
-        windows = math.prod(len(s) for s in compute_steps_for_sliding_window(
-            (padded[rows - 2], padded[cols - 2]), (PATCH[rows - 2], PATCH[cols - 2]), 0.5))
-        expected += padded[axis - 2] // net.pool * windows
     per_tile = sum(math.ceil(p / net.pool) for p in PATCH)
+    pseudo_slices = sum(math.ceil(s / net.pool) for s in shape)
 
     seen = _counting(net)
     nnunet_prediction._NNUNET_METHOD(_predictor(net), image)
@@ -80,8 +74,26 @@ def test_every_pseudo_slice_is_encoded_once_per_mirroring_and_window_on_a_case_o
         predictor.allowed_mirroring_axes = (0,)
         logits = predictor.predict_sliding_window_return_logits(image)
         assert logits.shape == (3, *shape) and torch.isfinite(logits).all()
-        assert sum(seen) == passes * expected == passes * 51
+        assert sum(seen) == passes * pseudo_slices == passes * 11  # whole slices, decoded in windows
         assert max(seen) <= net.encoder_batch  # encoded in bounded chunks
+
+
+def test_slices_of_more_than_four_windows_are_encoded_window_by_window():
+    net = _net()
+    image = torch.randn(1, 8, 12, 40)  # axial slices 12 x 40: 5 windows' worth of tokens
+    padded = [math.ceil(s / net.pool) * net.pool for s in image.shape[1:]]
+    expected = 0
+    for axis in (2, 3, 4):
+        rows, cols = PLANE_LAYOUTS[net.plane_layout][axis]
+        size, window = (padded[rows - 2], padded[cols - 2]), (PATCH[rows - 2], PATCH[cols - 2])
+        grid, whole = net.encoder.grid(*window), net.encoder.grid(*size)
+        windows = math.prod(len(s) for s in compute_steps_for_sliding_window(size, window, 0.5))
+        per_slice = windows if whole[0] * whole[1] > 4 * grid[0] * grid[1] else 1
+        expected += padded[axis - 2] // net.pool * per_slice
+    seen = _counting(net)
+    logits = _predictor(net).predict_sliding_window_return_logits(image)
+    assert logits.shape == (3, 8, 12, 40) and torch.isfinite(logits).all()
+    assert sum(seen) == expected == 2 * 9 + 3 * 9 + 10  # axial, coronal: 9 windows each; sagittal: one
 
 
 def test_one_window_per_orientation_equals_the_forward_of_the_whole_case():

@@ -12,7 +12,7 @@ runs SAM at 512 instead of 1024).
 
 Both are frozen and always in eval mode (TinyViT has BatchNorm); callers run them under ``torch.no_grad``.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +84,10 @@ class ViTPseudoSliceEncoder(PseudoSliceEncoder):
     def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str) -> None:
         load_submodule_state(self.vit, state_dict, "image_encoder.", path=path)
 
-    def forward(self, groups: torch.Tensor) -> torch.Tensor:
-        """groups (n, pool, 3, a, b) -> image embeddings (n, C_out, gh, gw)."""
-        gh, gw = self.grid(*groups.shape[-2:])
+    def forward(self, groups: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """groups (n, pool, 3, a, b) -> image embeddings (n, C_out, gh, gw); ``grid``: another token grid (the scale of
+        a smaller image: a whole slice encoded at its patch's scale)."""
+        gh, gw = grid or self.grid(*groups.shape[-2:])
         x = _resize_slices(groups.mean(1), (gh * self.stride, gw * self.stride))
         x = self.vit.patch_embed(x)  # (n, gh, gw, C)
         x = x + resize_abs_pos_embed(self.vit.pos_embed, (gh, gw)).to(x.dtype)
@@ -138,10 +139,10 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
             if layer.downsample is not None:
                 layer.downsample.input_resolution = resolution
 
-    def forward(self, groups: torch.Tensor) -> torch.Tensor:
-        """groups (n, pool, 3, a, b) -> image embeddings (n, 256, gh, gw)."""
+    def forward(self, groups: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """groups (n, pool, 3, a, b) -> image embeddings (n, 256, gh, gw); ``grid``: another token grid."""
         n, pool = groups.shape[:2]
-        gh, gw = self.grid(*groups.shape[-2:])
+        gh, gw = grid or self.grid(*groups.shape[-2:])
         x = _resize_slices(groups.flatten(0, 1), (gh * self.stride, gw * self.stride))
         x = self.tinyvit.patch_embed(x)  # (n * pool, 64, H, W)
         x = x.unflatten(0, (n, pool)).mean(1)

@@ -331,27 +331,75 @@ class ZAP25DNetwork(SAMNetworkBase):
 
     def _predict_orientation(self, padded: torch.Tensor, axis: int, patch_size: Sequence[int],
                              tile_step_size: float, use_gaussian: bool) -> torch.Tensor:
+        """This orientation's logits (1, k, *padded spatial) of the whole (padded) case, from in-plane windows of
+        the patch's size (padded to ``pool`` as in training)."""
         rows, cols = PLANE_LAYOUTS[self.plane_layout][axis]
-        window = (patch_size[rows - 2], patch_size[cols - 2])
-        size = (padded.shape[rows], padded.shape[cols])
+        window = tuple(-(-patch_size[d - 2] // self.pool) * self.pool for d in (rows, cols))
+        whole = self._whole_slice_pitch(window, (padded.shape[rows], padded.shape[cols]))
+        if whole is not None:  # the slice fits the window's token pitch: pad it to whole tokens
+            pads = [0] * 6
+            pads[2 * (4 - rows) + 1] = -padded.shape[rows] % whole[0]
+            pads[2 * (4 - cols) + 1] = -padded.shape[cols] % whole[1]
+            case = F.pad(padded, pads) if any(pads) else padded
+        else:
+            case = padded
+        size = (case.shape[rows], case.shape[cols])
         steps = compute_steps_for_sliding_window(size, window, tile_step_size)
+        if whole is not None:  # windows on whole tokens (nnU-Net's steps, moved by less than a token)
+            steps = [sorted({min(round(s / p) * p, n - w) for s in st}) for st, p, n, w in zip(steps, whole, size,
+                                                                                              window)]
+        starts = [(r0, c0) for r0 in steps[0] for c0 in steps[1]]
         weight = compute_gaussian(window, sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
                                   device=padded.device) if use_gaussian else torch.ones(window, device=padded.device)
         shape = [1] * 5
         shape[rows], shape[cols] = window
         weight = weight.reshape(shape)
-        total, weights = None, torch.zeros([padded.shape[i] if i in (rows, cols) else 1 for i in range(5)],
-                                           device=padded.device)
-        for r0 in steps[0]:
-            for c0 in steps[1]:
-                where = [slice(None)] * 5
-                where[rows], where[cols] = slice(r0, r0 + window[0]), slice(c0, c0 + window[1])
-                part = self._window_logits(padded[tuple(where)], axis) * weight
-                if total is None:
-                    total = part.new_zeros((1, part.shape[1], *padded.shape[2:]))
-                total[tuple(where)] += part
-                weights[tuple(where)] += weight[0, 0]
-        return total / weights
+        windows = []
+        for r0, c0 in starts:
+            where = [slice(None)] * 5
+            where[rows], where[cols] = slice(r0, r0 + window[0]), slice(c0, c0 + window[1])
+            windows.append(tuple(where))
+        if whole is None:
+            parts = [self._window_logits(case[where], axis) for where in windows]
+        else:
+            parts = self._whole_slice_logits(case, axis, window, whole, starts)
+        total = parts[0].new_zeros((1, parts[0].shape[1], *case.shape[2:]))
+        weights = torch.zeros([case.shape[i] if i in (rows, cols) else 1 for i in range(5)], device=padded.device)
+        for where, part in zip(windows, parts):
+            total[where] += part * weight
+            weights[where] += weight[0, 0]
+        return crop_to(total / weights, padded.shape[2:])
+
+    def _whole_slice_pitch(self, window: Tuple[int, int], size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+        """Voxels per token (rows, columns) when the whole slices of this orientation are encoded at once at the
+        window's scale, or None (window by window): the window's grid must tile whole voxels, and a slice may hold at
+        most 4 windows' worth of tokens (SAM ViT's global attention grows with the square of the tokens)."""
+        grid = self.encoder.grid(*window)
+        pitch = tuple(w / g for w, g in zip(window, grid))
+        if any(p != int(p) for p in pitch) or tuple(size) == tuple(window):
+            return None  # one window: the window path is the whole slice already
+        pitch = tuple(int(p) for p in pitch)
+        tokens = [-(-n // p) for n, p in zip(size, pitch)]
+        if tokens[0] * tokens[1] > 4 * grid[0] * grid[1]:
+            return None
+        return pitch
+
+    def _whole_slice_logits(self, case: torch.Tensor, axis: int, window: Tuple[int, int], pitch: Tuple[int, int],
+                            starts) -> list:
+        """Each pseudo-slice encoded once, whole, at the window's scale; SAM's decoder on each window's tokens (the
+        grid it was trained on); per window the logits (1, k, *window region of ``case``)."""
+        stack = self.channels(case).permute(self._plane_order(axis))  # (1, S, 3, R, C)
+        _, s, c, height, width = stack.shape
+        groups = stack.reshape(s // self.pool, self.pool, c, height, width)
+        grid = (height // pitch[0], width // pitch[1])
+        gh, gw = self.encoder.grid(*window)
+        masks = [[] for _ in starts]
+        for g in groups.split(self.encoder_batch):
+            embeddings = self.encoder(g, grid=grid)
+            for i, (r0, c0) in enumerate(starts):
+                crop = embeddings[..., r0 // pitch[0]:r0 // pitch[0] + gh, c0 // pitch[1]:c0 // pitch[1] + gw]
+                masks[i].append(self._plane_masks(self._plane(crop.contiguous(), 1, window)))
+        return [self._plane_volume(torch.cat(m), 1, axis) for m in masks]  # (1, k, ...), the window in-plane
 
     def _window_logits(self, sub: torch.Tensor, axis: int) -> torch.Tensor:
         """This orientation's logits of a sub-volume (1, C, D', H', W'): all its slices along ``axis``, one window
