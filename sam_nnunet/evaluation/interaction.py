@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, maybe_mkdir_p
 
+from sam_nnunet.encoders.pretrained import choose_encoder
+from sam_nnunet.evaluation.prompted import paper_tiles
 from sam_nnunet.prompts.clicks import click_label
 from sam_nnunet.prompts.corrections import correction_click
 from sam_nnunet.prompts.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
@@ -61,8 +63,7 @@ def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, classes: Se
 def load_zero_shot_weights(predictor) -> str:
     """Put the pretrained weights (nnUNet_SAM_checkpoint / nnUNet_SAM_encoder, or the packaged LiteMedSAM) into the
     predictor's network in place of the trained ones; returns the checkpoint used."""
-    from sam_nnunet.encoders.pretrained import choose_encoder
-    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.info import trainer_classes  # every trainer module: only where a zero-shot row is asked for
 
     net = predictor.plain_network
     trainer = trainer_classes().get(predictor.trainer_name)
@@ -89,8 +90,6 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    from sam_nnunet.evaluation.prompted import paper_tiles
 
     unknown = sorted(set(prompts) - set(PROMPT_KINDS))
     if unknown or not prompts:
