@@ -75,3 +75,15 @@ def make_trainer(trainer_class, dataset: dict, fold: int = 0, configuration: str
     dataset_json = load_json(join(dataset["preprocessed"], "dataset.json"))
     return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json,
                          device=torch.device("cpu"))
+
+
+def plans_with_patch(preprocessed: str, patch_size) -> tuple:
+    """(PlansManager, 3d_fullres ConfigurationManager, dataset.json) of nnU-Net's plans in ``preprocessed`` with
+    another patch size, as the click predictor reads them."""
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = load_json(join(preprocessed, "nnUNetPlans.json"))
+    plans["configurations"]["3d_fullres"]["patch_size"] = list(patch_size)
+    pm = PlansManager(plans)
+    return pm, pm.get_configuration("3d_fullres"), load_json(join(preprocessed, "dataset.json"))

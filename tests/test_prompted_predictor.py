@@ -4,13 +4,11 @@ The network here is constructed so its answer is known: class c's logit is 1 wit
 of class c it receives, 0 elsewhere. A click handed to the wrong tile, shifted, or not mirrored with the tile shows
 up as a misplaced or missing ball.
 """
-import copy
-import os
 
 import numpy as np
 import pytest
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
+from helpers import plans_with_patch
 from torch import nn
 
 from sam_nnunet.prompts.clicks import click_label
@@ -52,13 +50,7 @@ def balls(shape, points, radius=1.5):
 
 @pytest.fixture(scope="module")
 def setup(synthetic_dataset):
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans = copy.deepcopy(load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json")))
-    plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 16]
-    pm = PlansManager(plans)
-    dataset_json = load_json(os.path.join(synthetic_dataset["preprocessed"], "dataset.json"))
-    return pm, pm.get_configuration("3d_fullres"), dataset_json
+    return plans_with_patch(synthetic_dataset["preprocessed"], [16, 16, 16])
 
 
 def _predictor(setup, tiles):

@@ -1,15 +1,13 @@
 """Boxes and the mask prompt through PromptedPredictor's tiles and mirrorings, prompt files with boxes and rounds
 (voxel and world coordinates), and the interactive session: undo / reset, the frozen encoder run once per image
 across interactions (counted), one clear message per bad input."""
-import copy
 import json
-import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
+from helpers import plans_with_patch
 from torch import nn
 
 from sam_nnunet.prompts.clicks import click_label
@@ -43,13 +41,7 @@ class EchoNetwork(nn.Module):
 
 @pytest.fixture(scope="module")
 def setup(synthetic_dataset):
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans = copy.deepcopy(load_json(os.path.join(synthetic_dataset["preprocessed"], "nnUNetPlans.json")))
-    plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 16]
-    pm = PlansManager(plans)
-    dataset_json = load_json(os.path.join(synthetic_dataset["preprocessed"], "dataset.json"))
-    return pm, pm.get_configuration("3d_fullres"), dataset_json
+    return plans_with_patch(synthetic_dataset["preprocessed"], [16, 16, 16])
 
 
 def _predictor(setup, net, tiles="all", mirroring=True, gaussian=True):
