@@ -309,12 +309,13 @@ class ZAP25DNetwork(SAMNetworkBase):
         """Logits (1, num_classes, D, H, W) of a whole case x (1, C_in, D, H, W), every pseudo-slice encoded once.
 
         nnU-Net's 3D sliding window encodes a pseudo-slice once per overlapping tile; here each orientation is
-        predicted on its own: all its pseudo-slices along the slice axis, in-plane in windows of the patch's size
-        (the geometry the decoder was trained on: SAM's positional encoding is relative to the token grid), placed
-        with nnU-Net's steps and blended with its Gaussian. A case no larger than the patch in-plane is one window:
-        each pseudo-slice is encoded exactly once, and the result equals ``forward`` of the case. Each pseudo-slice
-        is independent of the others, so they are encoded and decoded ``encoder_batch`` at a time (bounded memory);
-        only the upsampling along the slice axis joins them."""
+        predicted on its own: each of its pseudo-slices is encoded once, whole, at the patch's scale, and SAM's
+        decoder runs on the tokens of each in-plane window of the patch's size (the grid it was trained on: SAM's
+        positional encoding is relative to the token grid), windows placed with nnU-Net's steps and blended with its
+        Gaussian. A slice with more than 4 windows' worth of tokens is encoded window by window. A case no larger
+        than the patch in-plane is one window, and the result equals ``forward`` of the case. Pseudo-slices are
+        encoded and decoded ``encoder_batch`` at a time (bounded memory); only the upsampling along the slice axis
+        joins them."""
         if x.ndim != 5 or x.shape[0] != 1:
             raise ValueError(f"predict_volume takes one case (1, C, D, H, W), got {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
@@ -335,18 +336,17 @@ class ZAP25DNetwork(SAMNetworkBase):
         the patch's size (padded to ``pool`` as in training)."""
         rows, cols = PLANE_LAYOUTS[self.plane_layout][axis]
         window = tuple(-(-patch_size[d - 2] // self.pool) * self.pool for d in (rows, cols))
-        whole = self._whole_slice_pitch(window, (padded.shape[rows], padded.shape[cols]))
-        if whole is not None:  # the slice fits the window's token pitch: pad it to whole tokens
+        pitch = self._whole_slice_pitch(window, (padded.shape[rows], padded.shape[cols]))
+        case = padded
+        if pitch is not None:  # whole slices: padded to whole tokens
             pads = [0] * 6
-            pads[2 * (4 - rows) + 1] = -padded.shape[rows] % whole[0]
-            pads[2 * (4 - cols) + 1] = -padded.shape[cols] % whole[1]
+            pads[2 * (4 - rows) + 1] = -padded.shape[rows] % pitch[0]
+            pads[2 * (4 - cols) + 1] = -padded.shape[cols] % pitch[1]
             case = F.pad(padded, pads) if any(pads) else padded
-        else:
-            case = padded
         size = (case.shape[rows], case.shape[cols])
         steps = compute_steps_for_sliding_window(size, window, tile_step_size)
-        if whole is not None:  # windows on whole tokens (nnU-Net's steps, moved by less than a token)
-            steps = [sorted({min(round(s / p) * p, n - w) for s in st}) for st, p, n, w in zip(steps, whole, size,
+        if pitch is not None:  # windows on whole tokens (nnU-Net's steps, moved by less than a token)
+            steps = [sorted({min(round(s / p) * p, n - w) for s in st}) for st, p, n, w in zip(steps, pitch, size,
                                                                                               window)]
         starts = [(r0, c0) for r0 in steps[0] for c0 in steps[1]]
         weight = compute_gaussian(window, sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
@@ -359,10 +359,10 @@ class ZAP25DNetwork(SAMNetworkBase):
             where = [slice(None)] * 5
             where[rows], where[cols] = slice(r0, r0 + window[0]), slice(c0, c0 + window[1])
             windows.append(tuple(where))
-        if whole is None:
+        if pitch is None:
             parts = [self._window_logits(case[where], axis) for where in windows]
         else:
-            parts = self._whole_slice_logits(case, axis, window, whole, starts)
+            parts = self._whole_slice_logits(case, axis, window, pitch, starts)
         total = parts[0].new_zeros((1, parts[0].shape[1], *case.shape[2:]))
         weights = torch.zeros([case.shape[i] if i in (rows, cols) else 1 for i in range(5)], device=padded.device)
         for where, part in zip(windows, parts):
