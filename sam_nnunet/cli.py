@@ -154,7 +154,8 @@ def _cmd_learning_curve(args) -> None:
             budget_seconds=args.budget, seeds=args.seeds, clicks=args.clicks, configuration=args.configuration,
             configuration_override=override, device=args.device, disable_tta=args.disable_tta,
             cache_copies=args.cache_copies, checkpoint=args.checkpoint, allow_random_init=args.allow_random_init,
-            tolerance=args.tolerance, click_tiles=args.click_tiles, processes=args.processes)
+            tolerance=args.tolerance, click_tiles=args.click_tiles, processes=args.processes,
+            prediction_processes=args.prediction_processes)
         result = run_curve(s)
     except ValueError as e:
         raise UserFacingExit(str(e)) from None
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--click-tiles", choices=("all", "clicked", "centred"), default=None,
                    help="tiles predicted with clicks (default: each prompted trainer's paper protocol)")
     p.add_argument("--processes", type=int, default=2, help="nnU-Net preprocessing processes (default 2)")
+    p.add_argument("--prediction-processes", type=int, default=1,
+                   help="nnUNetv2_predict's -npp and -nps (default 1); 0: its sequential predictor, no worker "
+                        "processes to start (small test sets)")
     p.add_argument("--work-dir", default="learning_curve_work",
                    help="nnU-Net folders, models, predictions and logs of the runs (default learning_curve_work)")
     p.add_argument("-o", "--output", default="documentation/learning_curve/learning_curve.json",

@@ -89,35 +89,67 @@ def synthetic_dataset():
             "preprocessed": os.path.join(os.environ["nnUNet_preprocessed"], name)}
 
 
+def shared_folder(tmp_path_factory, name: str):
+    """A folder that every pytest-xdist worker of this run sees under the same path (without xdist, one of this
+    session's); build what goes in it under ``helpers.exclusive``."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def cli_dataset(tmp_path_factory):
     """A dataset prepared through the real command line, shared by the end-to-end tests: MSD Task04 hippocampus
     (10 training cases, 2 held-out labelled cases in imagesTs/labelsTs) converted with nnUNetv2_convert_MSD_dataset
     when ../shared/data is present, else a generated dataset; then nnUNetv2_plan_and_preprocess -c 3d_fullres.
+    Built once per test run, by the first pytest-xdist worker that needs it (~1 minute on 2 cores): its
+    splits_final.json is written here, as nnU-Net's first training would (seeded), so that no two trainings of the
+    workers race to write it. Tests write only under names of their own (plans, nnUNet_results of ``cli_env``).
 
-    Returns dict(env, dataset_id, raw): env has its own nnU-Net folders and no nnUNet_SAM_* variables but the memory
-    check's skip (SKIP_MEMORY_CHECK). Tests that
+    Returns dict(env, dataset_id, raw, shared): env has its own nnU-Net folders and no nnUNet_SAM_* variables but
+    the memory check's skip (SKIP_MEMORY_CHECK); shared is the folder for locks of data built on it. Tests that
     train use ``cli_env`` (a fresh nnUNet_results per test)."""
-    from helpers import run_cli
+    import json
+
+    from helpers import exclusive, run_cli, write_json_atomically
     from sam_nnunet.demo import make_msd_subset, make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("cli_dataset")
+    root = shared_folder(tmp_path_factory, "cli_dataset")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
     env.update(required_environment(str(root / "nnunet")))
     env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2"})
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key], exist_ok=True)
-    if os.path.isdir(HIPPOCAMPUS):
-        task = make_msd_subset(HIPPOCAMPUS, str(root / "msd"), num_train=10, num_test=2)
-        run_cli(["nnUNetv2_convert_MSD_dataset", "-i", task, "-np", "2"], env)
-        dataset_id, raw = 4, os.path.join(env["nnUNet_raw"], "Dataset004_Hippocampus")
-        os.symlink(os.path.join(task, "labelsTs"), os.path.join(raw, "labelsTs"))  # held-out labels are ours
-    else:  # a user without ../shared/data: a generated dataset
-        dataset_id = 990
-        raw = make_synthetic_dataset(env["nnUNet_raw"], dataset_id, num_train=10, num_test=2)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
-             "--verify_dataset_integrity"], env)
-    return {"env": env, "dataset_id": dataset_id, "raw": raw}
+    record = str(root / "cli_dataset.json")
+    os.makedirs(root, exist_ok=True)
+    with exclusive(record + ".lock"):
+        if not os.path.isfile(record):
+            for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+                os.makedirs(env[key], exist_ok=True)
+            if os.path.isdir(HIPPOCAMPUS):
+                task = make_msd_subset(HIPPOCAMPUS, str(root / "msd"), num_train=10, num_test=2)
+                run_cli(["nnUNetv2_convert_MSD_dataset", "-i", task, "-np", "2"], env)
+                dataset_id, raw = 4, os.path.join(env["nnUNet_raw"], "Dataset004_Hippocampus")
+                os.symlink(os.path.join(task, "labelsTs"), os.path.join(raw, "labelsTs"))  # held-out labels are ours
+            else:  # a user without ../shared/data: a generated dataset
+                dataset_id = 990
+                raw = make_synthetic_dataset(env["nnUNet_raw"], dataset_id, num_train=10, num_test=2)
+            run_cli(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
+                     "--verify_dataset_integrity"], env)
+            write_json_atomically(os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw), "splits_final.json"),
+                                  nnunet_default_splits(os.path.join(env["nnUNet_preprocessed"],
+                                                                     os.path.basename(raw), "nnUNetPlans_3d_fullres")))
+            write_json_atomically(record, {"dataset_id": dataset_id, "raw": raw})
+        with open(record) as f:
+            info = json.load(f)
+    return {"env": env, "dataset_id": info["dataset_id"], "raw": info["raw"], "shared": str(root)}
+
+
+def nnunet_default_splits(data_folder: str):
+    """The 5-fold split nnU-Net's trainer writes on its first training (``nnUNetTrainer.do_split``: its seed, the
+    sorted case identifiers of the preprocessed data)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    identifiers = sorted(infer_dataset_class(data_folder).get_identifiers(data_folder))
+    return generate_crossval_split(identifiers, seed=12345, n_splits=5)
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
 """Helpers for tests (imported as `helpers`; pytest puts this folder on sys.path)."""
+import contextlib
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +21,25 @@ def run_cli(cmd, env, expect_ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: str):
+    """Hold an exclusive lock on ``lock_file`` (created if missing) across processes: data that pytest-xdist's
+    workers share is built by the first one that needs it while the other waits."""
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_json_atomically(path: str, data) -> None:
+    """A JSON file another process never sees half-written."""
+    with open(path + ".part", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".part", path)
+
+
 COARSE_PLANS = "ZAPTestPlans"
 
 
@@ -25,27 +47,27 @@ def write_coarse_plans(preprocessed: str, name: str = COARSE_PLANS) -> None:
     """nnU-Net's plans with 3d_fullres at 3 mm, patch 12x20x12, batch 1, under another plans name (as a user would
     edit plans): LiteMedSAM's encoder costs ~75 GFLOP per 256x256 pseudo-slice on a CPU; a hippocampus case at 3 mm
     is ~12x17x12 voxels, one tile."""
-    import json
-
     with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
         plans = json.load(f)
     plans["plans_name"] = name
     plans["configurations"]["3d_fullres"].update(
         {"spacing": [3.0, 3.0, 3.0], "patch_size": [12, 20, 12], "batch_size": 1,
          "data_identifier": f"{name}_3d_fullres"})
-    with open(os.path.join(preprocessed, name + ".json"), "w") as f:
-        json.dump(plans, f, indent=2)
+    write_json_atomically(os.path.join(preprocessed, name + ".json"), plans)
 
 
 def preprocess_coarse_plans(cli_dataset: dict) -> str:
-    """``write_coarse_plans`` for the shared ``cli_dataset`` and ``nnUNetv2_preprocess`` of it, once per session (the
-    tests that use LiteMedSAM on a CPU share it). Returns the plans name."""
+    """``write_coarse_plans`` for the shared ``cli_dataset`` and ``nnUNetv2_preprocess`` of it, once per test run (the
+    tests that use LiteMedSAM on a CPU share it, on every pytest-xdist worker). Returns the plans name."""
     env, raw = cli_dataset["env"], cli_dataset["raw"]
     preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))
-    if not os.path.isfile(os.path.join(preprocessed, COARSE_PLANS + ".json")):
-        write_coarse_plans(preprocessed)
-        run_cli(["nnUNetv2_preprocess", "-d", cli_dataset["dataset_id"], "-plans_name", COARSE_PLANS, "-c",
-                 "3d_fullres", "-np", 2], env)
+    done = os.path.join(cli_dataset["shared"], COARSE_PLANS + ".done")
+    with exclusive(done + ".lock"):
+        if not os.path.isfile(done):
+            write_coarse_plans(preprocessed)
+            run_cli(["nnUNetv2_preprocess", "-d", cli_dataset["dataset_id"], "-plans_name", COARSE_PLANS, "-c",
+                     "3d_fullres", "-np", 2], env)
+            open(done, "w").close()
     return COARSE_PLANS
 
 

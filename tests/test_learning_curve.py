@@ -4,8 +4,8 @@ The end-to-end test runs the real command on a generated dataset (8 training + 2
 test folder): two training-set sizes, nnU-Net's trainer (nnUNetTrainerShortRun) and ZAP25DSAMTrainer with the tiny
 random encoder, a 2-second budget; each size is planned with nnUNetv2_plan_and_preprocess, each run trained with
 nnUNetv2_train ... all and predicted with nnUNetv2_predict (ZAP twice: the budget without and with the set-up;
-nnU-Net's trainer, whose two clocks end in the same iteration, once). Its cost is the start-up of those 12 nnU-Net
-commands (~15-25 s each on 2 cores), not the training: ~5 minutes on 2 shared cores.
+nnU-Net's trainer, whose two clocks end in the same iteration, once; nnU-Net's sequential predictor, no worker
+processes). Its cost is the start-up of those 12 nnU-Net commands (~15-25 s each on 2 cores), not the training.
 """
 import json
 import os
@@ -91,12 +91,14 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
     out = tmp_path / "doc" / "learning_curve.json"
     args = [990, "--test-folder", source, "--sizes", 3, 6, "--trainers", "nnUNetTrainerShortRun",
             "ZAP25DSAMTrainer:vit_test", "--budget", 2, "--allow-random-init", "--disable-tta", "--cache-copies", 1,
+            "--prediction-processes", 0,
             "--work-dir", tmp_path / "work", "-o", out]
     _curve(args, env)
 
     result = json.load(open(out))
     assert result["test_cases"] == ["demo_008", "demo_009"] and result["machine"]["cores"]
     assert result["commit"] and len(result["load_average"]) == 3 and not result["failures"]
+    assert "--prediction-processes 0" in result["command"]
     runs = {(r["trainer"], r["n_train"]): r for r in result["runs"]}
     assert set(runs) == {(t, n) for t in ("nnUNetTrainer", "ZAP25DSAMTrainer") for n in (3, 6)}
     for (trainer, n), r in runs.items():

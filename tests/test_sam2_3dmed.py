@@ -369,7 +369,7 @@ def test_stock_cli_trains_and_predicts(cli_dataset, cli_env, tmp_path):
 
     predictions = str(tmp_path / "pred")
     run_cli(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id, "-c",
-             "3d_fullres", "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"],
+             "3d_fullres", "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"],
             dict(env, nnUNet_n_proc_DA="0"))
     images = sorted(f for f in os.listdir(os.path.join(raw, "imagesTs")) if f.endswith("_0000.nii.gz"))
     assert len(images) == 2

@@ -36,7 +36,7 @@ def test_train_and_predict_with_the_stock_cli(cli_dataset, cli_env, tiny_sam_che
 
     predictions = str(tmp_path / "pred")
     run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id, "-c",
-         "3d_fullres", "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"],
+         "3d_fullres", "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"],
         dict(env, nnUNet_n_proc_DA="0"))
     images = sorted(f for f in os.listdir(os.path.join(raw, "imagesTs")) if f.endswith("_0000.nii.gz"))
     assert len(images) == 2

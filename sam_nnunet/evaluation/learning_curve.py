@@ -62,6 +62,7 @@ class CurveSettings:
     tolerance: float = 5.0
     click_tiles: Optional[str] = None     # default: each prompted trainer's paper protocol
     processes: int = 2
+    prediction_processes: int = 1         # nnUNetv2_predict -npp/-nps; 0 = its sequential predictor (no workers)
 
     def check(self) -> "CurveSettings":
         if not self.sizes or not self.trainers or not self.seeds:
@@ -69,6 +70,8 @@ class CurveSettings:
         for n in self.sizes:
             if n != "all" and (not str(n).isdigit() or int(n) < 1):
                 raise ValueError(f"size {n!r}: a number of training cases >= 1, or 'all'")
+        if self.prediction_processes < 0:
+            raise ValueError("--prediction-processes must be 0 (no worker processes) or more")
         if self.budget_seconds <= 0:
             raise ValueError("--budget must be positive (seconds)")
         if any(c < 0 for c in self.clicks) or not self.clicks:
@@ -295,8 +298,8 @@ def predict_and_score(s: CurveSettings, trainer: str, trained: Dict, dataset: st
     start = time.time()
     if clicks == 0:
         _run(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset.split("_")[0][7:], "-c", s.configuration,
-              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device, "-npp", 1, "-nps", 1,
-              *tta], env, log)
+              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device, "-npp", s.prediction_processes,
+              "-nps", s.prediction_processes, *tta], env, log)
     else:
         _run(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", trained["model"], "-f", "all",
               "--simulate-clicks", clicks, "--reference", labels, "--tiles", s.click_tiles or paper_tiles(trainer),
@@ -427,6 +430,8 @@ def command_line(s: CurveSettings) -> str:
                         ("--click-tiles", s.click_tiles)):
         if value is not None:
             args += [flag, str(value)]
+    if s.prediction_processes != 1:
+        args += ["--prediction-processes", str(s.prediction_processes)]
     args += ["--device", s.device] + ["--disable-tta"] * s.disable_tta + ["--allow-random-init"] * s.allow_random_init
     return "sam-nnunet learning-curve " + " ".join(shlex.quote(a) for a in args)
 
