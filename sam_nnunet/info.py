@@ -1,6 +1,6 @@
 """What sam-nnunet offers and what each trainer costs in parameters (``sam-nnunet info``)."""
 import pydoc
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -11,6 +11,14 @@ from sam_nnunet.encoders.registry import ENCODERS, FAMILIES, get_encoder
 def trainer_classes() -> Dict[str, type]:
     import sam_nnunet.trainers as trainers
     return {name: getattr(trainers, name) for name in trainers.__all__ if name != "SAMTrainerBase"}
+
+
+def find_trainer_class(name: str) -> Optional[type]:
+    """A sam-nnunet trainer class by name, scale variants (``trainers.scales``, not in the registry) included; None
+    for any other name."""
+    import sam_nnunet.trainers.scales as scales
+
+    return trainer_classes().get(name) or (getattr(scales, name) if name in scales.__all__ else None)
 
 
 def get_trainer_class(name: str) -> type:

@@ -33,9 +33,9 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 
 # pytest-xdist (pytest.ini: -n 2 --dist loadfile) hands whole files to the workers in collection order: the longest
 # first (measured on 2 cores), so that the two workers finish together instead of one running the last long file alone
-LONGEST_FIRST = ("test_learning_curve.py", "test_decathlon.py", "test_sam2_3dmed.py", "test_prompted_end_to_end.py",
-                 "test_planner_end_to_end.py", "test_end_to_end.py", "test_benchmark.py", "test_planner_memory.py",
-                 "test_zap25d_end_to_end.py", "test_sam3dmed_end_to_end.py", "test_cuda_check.py", "test_ddp.py")
+LONGEST_FIRST = ("test_planner_end_to_end.py", "test_learning_curve.py", "test_sam2_3dmed.py", "test_decathlon.py",
+                 "test_prompted_end_to_end.py", "test_planner_memory.py", "test_end_to_end.py", "test_benchmark.py",
+                 "test_cuda_check.py", "test_zap25d_end_to_end.py", "test_sam3dmed_end_to_end.py", "test_ddp.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,7 +31,7 @@ def test_worker_sets_torch_as_nnunetv2_train():
 def test_cuda_check_script_on_cpu(synthetic_dataset, tmp_path):
     out = tmp_path / "check"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
-    env["nnUNet_n_proc_DA"] = "1"
+    env["nnUNet_n_proc_DA"] = "0"  # in-process augmentation: no worker start-ups for 4 iterations
     proc = subprocess.run([sys.executable, SCRIPT, "-d", "990", "-tr", "nnUNetTrainer", "SAMAdapterTrainer",
                            "NoSuchTrainer", "--encoder", "vit_test", "--allow-random-init", "--iterations", "3",
                            "--val-iterations", "1", "--warmup", "1", "--device", "cpu", "-o", str(out)],

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from conftest import SKIP_MEMORY_CHECK
 
 from sam_nnunet.demo import make_synthetic_dataset
 from sam_nnunet.nnunet_env import required_environment
@@ -85,7 +86,8 @@ def _curve(args, env):
 def test_learning_curve_end_to_end_and_resume(tmp_path):
     raw = tmp_path / "raw"
     source = make_synthetic_dataset(str(raw), 990, num_train=8, num_test=2, seed=3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
+    # the memory check's skip is passed on by the tool (the ZAP step's trace would cost ~20 s per run here)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
     # in-process augmentation: no worker start-ups (~10 s each) in trainings of 2 seconds; planning still runs
     env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
     out = tmp_path / "doc" / "learning_curve.json"

@@ -186,7 +186,7 @@ def test_torch_compile_captures_one_graph_with_clicks():
     clicks = torch.tensor([[[2.0, 3.0, 1.0], [1.0, 6.0, 2.0], [0.0, 0.0, 0.0]]]).repeat(2, 1, 1)
     labels = torch.tensor([[click_label(1), click_label(2), NO_CLICK], [NO_CLICK] * 3])
     expected = prompted(x, clicks, labels)
-    compiled = torch.compile(prompted, backend="aot_eager", fullgraph=True)  # any graph break fails
+    compiled = torch.compile(prompted, backend="eager", fullgraph=True)  # any graph break fails (as ZAP's own test)
     out = compiled(x, clicks, labels)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     out.sum().backward()

@@ -110,9 +110,9 @@ def _adapts(trainer: str, encoder: str) -> bool:
     """Whether a sam-nnunet trainer adapts this encoder's family (True for a trainer or encoder we do not know: the
     run says what is wrong)."""
     from sam_nnunet.encoders.registry import ENCODERS
-    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.info import find_trainer_class
 
-    cls = trainer_classes().get(trainer)
+    cls = find_trainer_class(trainer)
     if cls is None or encoder not in ENCODERS:
         return True
     return ENCODERS[encoder].family in tuple(cls.encoder_families)

@@ -63,10 +63,10 @@ def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, classes: Se
 def load_zero_shot_weights(predictor) -> str:
     """Put the pretrained weights (nnUNet_SAM_checkpoint / nnUNet_SAM_encoder, or the packaged LiteMedSAM) into the
     predictor's network in place of the trained ones; returns the checkpoint used."""
-    from sam_nnunet.info import trainer_classes  # every trainer module: only where a zero-shot row is asked for
+    from sam_nnunet.info import find_trainer_class  # every trainer module: only where a zero-shot row is asked for
 
     net = predictor.plain_network
-    trainer = trainer_classes().get(predictor.trainer_name)
+    trainer = find_trainer_class(predictor.trainer_name)
     families = getattr(trainer, "encoder_families", ("sam_vit", "litemedsam"))
     choice = choose_encoder(predictor.trainer_name, families, fallback=net.encoder_name)
     if not choice.has_weights:

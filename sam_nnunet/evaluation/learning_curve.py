@@ -241,10 +241,10 @@ def display_name(trainer: str) -> str:
 
 
 def is_prompted(trainer: str) -> bool:
-    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.info import find_trainer_class
     from sam_nnunet.trainers.prompted import PromptedTrainerMixin
 
-    cls = trainer_classes().get(trainer)
+    cls = find_trainer_class(trainer)
     return cls is not None and issubclass(cls, PromptedTrainerMixin)
 
 
@@ -369,7 +369,8 @@ def run_curve(s: CurveSettings) -> Dict:
 
     s.check()
     work = os.path.abspath(s.work_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}
+    # the runs' settings are the tool's, not stray ones of the caller; the memory check's skip changes no result
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_") or k == settings.SKIP_MEMORY_CHECK}
     env.update(required_environment(os.path.join(work, "nnunet")))
     env.setdefault("nnUNet_def_n_proc", str(s.processes))
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

@@ -22,9 +22,9 @@ from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 def paper_tiles(trainer_name: str) -> str:
     """The test protocol of the paper a prompted trainer follows (``paper_click_tiles``), else "all"."""
-    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.info import find_trainer_class
 
-    return getattr(trainer_classes().get(trainer_name), "paper_click_tiles", "all")
+    return getattr(find_trainer_class(trainer_name), "paper_click_tiles", "all")
 
 
 def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks: Sequence[int] = (0, 1, 3, 10),

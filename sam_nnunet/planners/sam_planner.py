@@ -248,6 +248,9 @@ class SAMPlanner(ExperimentPlanner):
             return guess
 
         for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
+            if fits(candidates[0], floor):  # the largest patch fits (the common case): one trace, no search
+                first = 0
+                break
             if not fits(candidates[-1], floor):
                 continue
             first = _first_true(len(candidates), lambda i: fits(candidates[i], floor), guide(
