@@ -22,10 +22,11 @@ def find_trainer_class(name: str) -> Optional[type]:
 
 
 def get_trainer_class(name: str) -> type:
-    classes = trainer_classes()
-    if name not in classes:
-        raise ValueError(f"unknown trainer {name!r}; sam-nnunet trainers: {', '.join(classes)}")
-    return classes[name]
+    """``find_trainer_class``, refusing any other name."""
+    cls = find_trainer_class(name)
+    if cls is None:
+        raise ValueError(f"unknown trainer {name!r}; sam-nnunet trainers: {', '.join(trainer_classes())}")
+    return cls
 
 
 def parameter_counts(trainer: str, encoder: str, inputs: int, outputs: int) -> Dict:

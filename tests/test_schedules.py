@@ -5,7 +5,7 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from sam_nnunet.evaluation.learning_curve import is_prompted
 from sam_nnunet.evaluation.prompted import paper_tiles
-from sam_nnunet.info import find_trainer_class
+from sam_nnunet.info import find_trainer_class, get_trainer_class
 from sam_nnunet.trainers import SAM2_3dMedTrainer, ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
 
 
@@ -41,6 +41,7 @@ def test_the_x2_scale_goes_into_the_plans_and_halves_the_token_grid(name, parent
     assert cls is not None and issubclass(cls, parent) and cls.network_class == parent.network_class
     # our tools know it as nnU-Net does (prompted or not, its paper's click tiles)
     assert find_trainer_class(name) is cls and find_trainer_class("NoSuchTrainer") is None
+    assert get_trainer_class(name) is cls  # the memory check builds its loss through it
     assert is_prompted(name) == is_prompted(parent.__name__) and paper_tiles(name) == paper_tiles(parent.__name__)
     grids = {}
     for trainer_class in (parent, cls):
