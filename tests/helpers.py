@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from sam_nnunet.trainers.checkpoints import atomic_write
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -35,9 +37,8 @@ def exclusive(lock_file: str):
 
 def write_json_atomically(path: str, data) -> None:
     """A JSON file another process never sees half-written."""
-    with open(path + ".part", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".part", path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
 
 
 COARSE_PLANS = "ZAPTestPlans"
