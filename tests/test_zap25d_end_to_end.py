@@ -58,7 +58,8 @@ def test_train_and_predict_with_real_litemedsam_weights(cli_dataset, cli_env, tm
 
     predictions = str(tmp_path / "pred")
     run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id, "-c",
-         "3d_fullres", "-p", plans, "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env)
+         "3d_fullres", "-p", plans, "-tr", TRAINER, "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"],
+        env)
     cases = sorted(f for f in os.listdir(os.path.join(raw, "labelsTs")) if f.endswith(".nii.gz"))
     assert len(cases) == 2  # the dataset's held-out cases
     for case in cases:

@@ -298,8 +298,8 @@ def predict_and_score(s: CurveSettings, trainer: str, trained: Dict, dataset: st
     start = time.time()
     if clicks == 0:
         _run(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset.split("_")[0][7:], "-c", s.configuration,
-              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device, "-npp", s.prediction_processes,
-              "-nps", s.prediction_processes, *tta], env, log)
+              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device,
+              "-npp", s.prediction_processes, "-nps", s.prediction_processes, *tta], env, log)
     else:
         _run(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", trained["model"], "-f", "all",
               "--simulate-clicks", clicks, "--reference", labels, "--tiles", s.click_tiles or paper_tiles(trainer),
