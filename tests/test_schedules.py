@@ -51,3 +51,19 @@ def test_the_x2_scale_goes_into_the_plans_and_halves_the_token_grid(name, parent
         assert arch["upsample"] == (2 if trainer_class is cls else 4)
         grids[trainer_class] = trainer.sam_network.encoder.grid(48, 40)
     assert grids[cls] == tuple(g // 2 for g in grids[parent])
+
+
+def test_sam2_3dmed_at_x2_plans_smaller_frames(synthetic_dataset, sam_env, tmp_path):
+    from sam_nnunet.blocks.frames import frame_geometry
+
+    sam_env.setenv("nnUNet_results", str(tmp_path))
+    sam_env.setenv("nnUNet_SAM_encoder", "sam2_test")
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+    cls = recursive_find_trainer_class_by_name("SAM2_3dMedTrainer_upsample2")
+    assert cls is not None and issubclass(cls, SAM2_3dMedTrainer) and find_trainer_class(cls.__name__) is cls
+    trainer = make_trainer(cls, synthetic_dataset)
+    arch = trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert arch["upsample"] == 2 and arch["encoder"] == "sam2_test"
+    # hippocampus's 56 x 40 slices: 128-pixel frames at x2 instead of 224 at x4; masks still cover the voxel grid
+    assert frame_geometry(56, 40, 2).size == 128 and frame_geometry(56, 40, 4).size == 224
+    assert frame_geometry(56, 40, 2).mask_hw == (28, 20)
