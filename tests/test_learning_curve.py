@@ -107,6 +107,7 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
         assert r["budget_seconds"] == 2 and r["clicks"] == 0 and r["seed"] == 0
         assert r["encoder"] == (None if trainer == "nnUNetTrainer" else "vit_test")
         assert r["iterations"] >= 1 and r["stopped_by_budget"]
+        assert len(r["load_average"]) == len(r["load_average_after_training"]) == 3
         assert set(r["dice"]) == set(r["nsd"]) == set(r["hd95"]) == {"1", "2"}
         assert all(0 <= d <= 1 for d in r["dice"].values())
         assert len(r["training_cases"]) == n and not set(r["training_cases"]) & set(result["test_cases"])

@@ -281,9 +281,12 @@ def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, 
         record = _load(record_file)
         if record is None:
             raise RuntimeError(f"{trainer} wrote no {RECORD_FILE}: was it trained with the time budget? See {log}")
+    # at the end too: its 15-minute figure covers most of a 20-minute budget (the start's only what ran before)
+    load_after = list(os.getloadavg()) if not done else None
     with open(os.path.join(model, "plans.json")) as f:
         arch = json.load(f)["configurations"][s.configuration]["architecture"]
     return {"model": model, "record": record, "wall_seconds": wall, "load_average": list(load),
+            "load_average_after": load_after,
             "encoder": arch.get("arch_kwargs", {}).get("encoder") if trainer != BASELINE else None}
 
 
@@ -357,6 +360,7 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
                 "dice": second["dice"], "nsd": second["nsd"], "hd95": second["hd95"],
                 "foreground_dice": second["foreground_dice"]},
             "predict_seconds": final["predict_seconds"], "load_average": trained["load_average"],
+            "load_average_after_training": trained["load_average_after"],
             "dataset": dataset, "plans": plans, "training_cases": cases, "log": log,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     return entries
