@@ -21,6 +21,7 @@ def test_train_and_validation_steps_pass_clicks_drawn_from_the_target(synthetic_
     path, state = tiny_sam_checkpoint
     results.setenv("nnUNet_SAM_checkpoint", path)
     trainer = make_trainer(SAMAdapterTrainer_prompted, synthetic_dataset)
+    trainer.train_box_probability = trainer.refine_probability = 0.0  # the clicks alone (boxes and rounds: below)
     trainer.on_train_start()
     net = trainer.sam_network
     assert type(net).__name__ == "SAMAdapterPromptedNetwork"
@@ -150,3 +151,50 @@ def test_papers_patch_sampling_and_gradient_clipping(synthetic_dataset, results)
         for part in parts:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in part if p.requires_grad]))
             torch.testing.assert_close(norm, torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_boxes_and_correction_rounds_in_training(synthetic_dataset, results):
+    """Boxes drawn from the target and simulated rounds (each with the previous mask and a correction click) reach
+    the network; the rounds run the encoder once, the step runs it again with gradients (its adapters train)."""
+    _random_init_vit_test(results)
+    trainer = make_trainer(SAMAdapterTrainer_prompted, synthetic_dataset)
+    trainer.train_box_probability, trainer.train_box_clicks_probability = 1.0, 0.0  # box-only patches
+    trainer.refine_probability, trainer.max_refine_rounds = 1.0, 2
+    trainer.on_train_start()
+    net = trainer.sam_network
+    calls, encodings = [], []
+    forward, encoded = net.forward, net.encoded
+
+    def spy_forward(x, point_coords=None, point_labels=None, **more):
+        calls.append((type(x).__name__, point_labels.clone(), {k: v.clone() for k, v in more.items()}))
+        return forward(x, point_coords, point_labels, **more)
+
+    def spy_encoded(x):
+        encodings.append(torch.is_grad_enabled())
+        return encoded(x)
+
+    net.forward, net.encoded = spy_forward, spy_encoded
+    adapters = {n: p.detach().clone() for n, p in net.named_parameters() if "adapters" in n}
+    trainer.on_train_epoch_start()
+    torch.manual_seed(1)
+    loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+    trainer.on_train_end()
+    assert np.isfinite(loss)
+    rounds = [c for c in calls if c[0] == "EncodedPatch"]
+    step = [c for c in calls if c[0] == "Tensor"]
+    assert 1 <= len(rounds) <= 2 and len(step) == 1 and encodings == [False] + [True]  # rounds: once, no grad
+    _, labels, more = step[0]
+    assert (more["box_labels"] >= 0).any() and "mask_prompt" in more
+    assert more["mask_prompt"].shape[1] == trainer.label_manager.num_segmentation_heads - 1
+    # box-only patches: the step's clicks are the correction clicks of the rounds, one slot per round
+    assert labels.shape[1] == rounds[0][1].shape[1] + len(rounds)
+    assert any(not torch.equal(p, adapters[n]) for n, p in net.named_parameters() if n in adapters)
+
+
+def test_the_public_sampler_trains_with_clicks_only(synthetic_dataset, results):
+    _random_init_vit_test(results)
+    trainer = make_trainer(SAMAdapterTrainer_prompted_public, synthetic_dataset)
+    assert trainer.train_box_probability == trainer.refine_probability == 0
+    trainer.train_box_probability = 0.5
+    with pytest.raises(ValueError, match="takes neither; set train_box_probability and refine_probability to 0"):
+        trainer.initialize()

@@ -1,4 +1,5 @@
 """3DSAM-adapter's visual sampler prompt encoder and the prompted network: counts, shapes, click handling, compile."""
+import pytest
 import torch
 
 from sam_nnunet.blocks.visual_sampler import VisualSamplerPromptEncoder3d
@@ -175,3 +176,57 @@ def test_public_sampler_in_the_network_trains_every_parameter():
     # the public code's 3,164,160 less its 2 x 131,712 token-to-image parameters, which never get a gradient there
     assert counts["prompt_encoder"] == 3_164_160 - 2 * 131_712
     assert counts["trainable"] == 25_462_400 - 2 * 131_712
+
+
+def test_box_points_are_the_corners_and_the_centre():
+    from sam_nnunet.prompts.boxes import BOX_POINTS, box_points
+
+    boxes = torch.tensor([[[[1.0, 2.0, 3.0], [5.0, 8.0, 4.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]])
+    coords, labels, role = box_points(boxes, torch.tensor([[click_label(1), -1]]))
+    assert coords.shape == (1, 2 * BOX_POINTS, 3) and labels.tolist() == [[2] * 9 + [-1] * 9]
+    corners = {tuple(c) for c in coords[0, :8].tolist()}
+    assert corners == {(d, h, w) for d in (1.0, 5.0) for h in (2.0, 8.0) for w in (3.0, 4.0)}
+    assert coords[0, 8].tolist() == [3.0, 5.0, 3.5] and role.tolist() == ([0] * 8 + [1]) * 2
+
+
+def test_boxes_and_the_mask_prompt_in_the_adapter_add_no_parameter():
+    torch.manual_seed(0)
+    net = SAMAdapterPromptedNetwork(1, 3, "vit_test").eval()
+    clicks_only = SAMAdapterPromptedNetwork(1, 3, "vit_test")
+    # the box codes are fixed (seeded, not saved): the state dict is the clicks-only one, old models load strictly
+    assert net.state_dict().keys() == clicks_only.state_dict().keys()
+    assert not any("box_codes" in k for k in net.state_dict())
+    assert torch.equal(net.box_codes, clicks_only.box_codes) and net.takes_boxes
+    clicks_only.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 18, 22, 17)
+    coords, labels = torch.tensor([[[3.0, 4.0, 5.0]]]), torch.tensor([[click_label(1)]])
+    boxes, box_labels = torch.tensor([[[[2.0, 3.0, 2.0], [10.0, 12.0, 9.0]]]]), torch.tensor([[click_label(2)]])
+    with torch.no_grad():
+        plain = net(x, coords, labels)
+        boxed = net(x, coords, labels, boxes, box_labels)
+        assert boxed.shape == plain.shape and (boxed - plain).abs().max() > 1e-4
+        # encoded once, decoded with other prompts: the same as the whole forward
+        encoded = net.encoded(x)
+        torch.testing.assert_close(net(encoded, coords, labels, boxes, box_labels), boxed)
+        # a mask that says "background everywhere" adds nothing; one that says class 1 somewhere changes the output
+        background = torch.full((1, 2, 18, 22, 17), -1e4)
+        torch.testing.assert_close(net(encoded, coords, labels, mask_prompt=background), plain)
+        background[:, 0, 4:9, 5:10, 5:9] = 1e4
+        assert (net(encoded, coords, labels, mask_prompt=background) - plain).abs().max() > 1e-4
+    public = SAMAdapterPromptedNetwork(1, 3, "vit_test", visual_sampler="public")
+    assert not public.takes_boxes
+    with pytest.raises(ValueError, match="need the click_aware visual sampler"):
+        public(x, coords, labels, boxes, box_labels)
+
+
+def test_mask_prompt_is_relative_to_the_background_logit():
+    from sam_nnunet.prompts.corrections import mask_prompt
+
+    logits = torch.randn(2, 3, 4, 4, 4)
+    prompt = mask_prompt(logits, has_regions=False, dim=1)
+    # softmax([0, prompt]) is the prediction's softmax; with ZAP's constant background 0 it is its mask logits
+    full = torch.cat([torch.zeros_like(prompt[:, :1]), prompt], 1)
+    torch.testing.assert_close(full.softmax(1), logits.softmax(1))
+    logits[:, 0] = 0
+    assert torch.equal(mask_prompt(logits, False, dim=1), logits[:, 1:])
+    assert torch.equal(mask_prompt(logits[0], True), logits[0])

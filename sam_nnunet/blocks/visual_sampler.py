@@ -213,10 +213,12 @@ class VisualSamplerPromptEncoder3d(nn.Module):
                                public=public)
             for _ in range(depth))
 
-    def forward(self, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                point_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """features (B, C, d, h, w); point_coords (B, N, 3): click positions normalised to [0, 1] along (d, h, w)
         (0 and 1 are the outer faces of the first and last voxel); point_labels (B, N) long, -1 for no click.
-        N may be 0. Returns the updated features (B, C, d, h, w)."""
+        N may be 0. point_codes (B, N, C): the fixed codes added to the click tokens (click_aware; default: the code
+        of each click's label; a box's points bring codes of their own). Returns the updated features."""
         b, c, d, h, w = features.shape
         n = point_coords.shape[1]
         coords = point_coords.to(features.dtype)
@@ -230,7 +232,9 @@ class VisualSamplerPromptEncoder3d(nn.Module):
             for block in self.blocks:
                 image, clicks = block(image, None, clicks, None, valid)
             return image.transpose(1, 2).reshape(b, c, d, h, w)
-        clicks = clicks + self.label_codes[point_labels.clamp(min=0)].to(features.dtype)
+        if point_codes is None:
+            point_codes = self.label_codes[point_labels.clamp(min=0)]
+        clicks = clicks + point_codes.to(features.dtype)
         click_pe = self.positions(coords).to(features.dtype)
         image_pe = self.positions.grid((d, h, w), features.device).to(features.dtype).unsqueeze(0)
         bias = None

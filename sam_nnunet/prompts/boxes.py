@@ -66,3 +66,22 @@ def sample_boxes_from_target(target: torch.Tensor, num_outputs: int, has_regions
         without = torch.rand(b, generator=generator, device=target.device) >= box_probability
         labels[without] = NO_CLICK
     return boxes, labels
+
+
+BOX_POINTS = 9  # a box as points: its 8 corners and its centre (networks whose prompts are sampled points)
+
+
+def box_points(boxes: torch.Tensor, box_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boxes (B, M, 2, 3) as points: the 8 corner voxels (first / last along each axis) and the centre of each box.
+
+    Returns coords (B, 9 M, 3), labels (B, 9 M) (each point keeps its box's label, -1 for empty slots) and role
+    (9 M,) long: 0 for a corner, 1 for the centre."""
+    b, m = boxes.shape[:2]
+    corner = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], device=boxes.device)  # (8, 3)
+    corners = torch.gather(boxes.unsqueeze(2).expand(-1, -1, 8, -1, -1), 3,
+                           corner.view(1, 1, 8, 1, 3).expand(b, m, -1, -1, -1)).squeeze(3)  # (B, M, 8, 3)
+    centre = boxes.mean(2, keepdim=True)  # (B, M, 1, 3)
+    coords = torch.cat([corners, centre], 2).flatten(1, 2)
+    labels = box_labels.repeat_interleave(BOX_POINTS, dim=1)
+    role = torch.tensor([0] * 8 + [1], device=boxes.device).repeat(m)
+    return coords, labels, role

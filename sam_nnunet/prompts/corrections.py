@@ -2,11 +2,13 @@
 prediction (SAM's and nnInteractive's training and evaluation protocol; the centre is the error voxel farthest from
 the region's border, as RITM and nnInteractive place it, so the click is unambiguous).
 
-Works on label maps in any space (a training patch, or a case at its native resolution), in numpy / scipy.
+Works on label maps in any space (a training patch, or a case at its native resolution), in numpy / scipy. The
+previous prediction goes back in as the mask prompt (``mask_prompt``).
 """
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from sam_nnunet.prompts.clicks import click_label
@@ -67,3 +69,13 @@ def _largest_error(errors: List[np.ndarray], ignore: Optional[np.ndarray]) -> Op
     deepest = np.argwhere(depth == depth.max())
     # ties (a slab has a whole plane of deepest voxels): the one nearest their mean
     return i, deepest[int(((deepest - deepest.mean(0)) ** 2).sum(1).argmin())]
+
+
+def mask_prompt(logits: torch.Tensor, has_regions: bool, dim: int = 0) -> torch.Tensor:
+    """A prediction's logits (num_heads channels along ``dim``) -> the next round's mask prompt: the mask outputs'
+    logits, label-based relative to the background logit (channels 1.. minus channel 0: softmax([0, prompt]) is the
+    prediction's softmax; ZAP's background logit is 0, so for it these are its mask logits), regions all channels."""
+    if has_regions:
+        return logits
+    background = logits.narrow(dim, 0, 1)
+    return logits.narrow(dim, 1, logits.shape[dim] - 1) - background

@@ -31,6 +31,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch._dynamo import OptimizedModule
 
 from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
+from sam_nnunet.prompts.corrections import mask_prompt
 
 TILE_MODES = ("all", "clicked", "centred")
 
@@ -84,7 +85,8 @@ class PromptedPredictor(SafeCheckpointPredictor):
             raise ValueError(
                 f"the model was trained with {self.trainer_name}, whose network {type(self.plain_network).__name__} "
                 f"takes clicks but no boxes or previous mask; boxes and refinement rounds need "
-                f"ZAP25DSAMTrainer_prompted (documentation/prompts.md)")
+                f"ZAP25DSAMTrainer_prompted or SAMAdapterTrainer_prompted (not its _public variant; "
+                f"documentation/prompts.md)")
 
     # ---- a case -------------------------------------------------------------------------------------------------
     def predict_logits_with_clicks(self, data: torch.Tensor, point_coords: np.ndarray, point_labels: np.ndarray,
@@ -116,9 +118,9 @@ class PromptedPredictor(SafeCheckpointPredictor):
             self._case_clicks = None
 
     def mask_prompt_of(self, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted logits (num_heads, *S) -> the mask prompt of the next round (k, *S): the mask outputs' logits
-        (label-based: after the constant background channel)."""
-        return logits[0 if self.label_manager.has_regions else 1:]
+        """Predicted logits (num_heads, *S) -> the mask prompt of the next round (k, *S) (``corrections.mask_prompt``:
+        label-based, the mask outputs' logits relative to the background logit)."""
+        return mask_prompt(logits, self.label_manager.has_regions)
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:

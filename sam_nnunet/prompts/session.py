@@ -198,7 +198,7 @@ class InteractiveSession:
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         p = self.predictor
-        # the previous prediction refines only where the network takes a mask prompt (ZAP; the adapter: clicks only)
+        # the previous prediction refines only where the network takes a mask prompt (not the adapter's _public)
         refines = getattr(p.plain_network, "takes_boxes", False)
         previous = p.mask_prompt_of(self._history[-1][1]) if self._history and refines else None
         try:
