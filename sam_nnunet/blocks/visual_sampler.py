@@ -213,6 +213,10 @@ class VisualSamplerPromptEncoder3d(nn.Module):
                                public=public)
             for _ in range(depth))
 
+    def click_codes(self, point_labels: torch.Tensor) -> torch.Tensor:
+        """The fixed code of each click's label (B, N, C); absent clicks (-1) get label 0's, masked out later."""
+        return self.label_codes[point_labels.clamp(min=0)]
+
     def forward(self, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
                 point_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """features (B, C, d, h, w); point_coords (B, N, 3): click positions normalised to [0, 1] along (d, h, w)
@@ -233,7 +237,7 @@ class VisualSamplerPromptEncoder3d(nn.Module):
                 image, clicks = block(image, None, clicks, None, valid)
             return image.transpose(1, 2).reshape(b, c, d, h, w)
         if point_codes is None:
-            point_codes = self.label_codes[point_labels.clamp(min=0)]
+            point_codes = self.click_codes(point_labels)
         clicks = clicks + point_codes.to(features.dtype)
         click_pe = self.positions(coords).to(features.dtype)
         image_pe = self.positions.grid((d, h, w), features.device).to(features.dtype).unsqueeze(0)

@@ -115,7 +115,7 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
         codes = None
         if with_boxes:
             coords, labels, role = box_points(boxes.to(point_coords.dtype), box_labels)
-            codes = torch.cat([self.prompt_encoder.label_codes[point_labels.clamp(min=0)],
+            codes = torch.cat([self.prompt_encoder.click_codes(point_labels),
                                self.box_codes[labels.clamp(min=0), role.expand_as(labels)]], 1)
             point_coords, point_labels = torch.cat([point_coords, coords], 1), torch.cat([point_labels, labels], 1)
         if mask_prompt is not None:

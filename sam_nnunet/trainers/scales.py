@@ -6,8 +6,8 @@ x2 one per 2 x 2 voxels. Encoder and decoder cost fall with the token count (x2:
 work and an eighth of the encoder's, measured in documentation/benchmarks.md); what it costs in Dice is measured in
 documentation/zap25dsam.md. SAM2-3dMed's frames shrink the same way (a 40x56 hippocampus slice: 128x128 pixels
 instead of 224x224, memory attention over 8x8 tokens instead of 14x14), and its stride-4 masks are upsampled x2 back
-onto the voxel grid (documentation/sam2_3dmed.md). Everything else is the trainer's (plans, recipe, embedding cache: the scale is part of its
-key). Plan with the base trainer: the smaller scale needs less memory.
+onto the voxel grid; its cost and Dice at x2 are not measured yet. Everything else is the trainer's (plans, recipe,
+embedding cache: the scale is part of its key). Plan with the base trainer: the smaller scale needs less memory.
 """
 from sam_nnunet.trainers.sam2_3dmed import SAM2_3dMedTrainer
 from sam_nnunet.trainers.zap25d import ZAP25DSAMTrainer
