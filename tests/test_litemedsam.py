@@ -170,3 +170,24 @@ def test_attention_bias_cache_follows_loaded_weights(litemedsam_state):
         encoder.load_state_dict(loaded.state_dict())  # e.g. nnU-Net's predictor loading a checkpoint
         # the attention biases and the folded copy both follow the loaded weights
         assert torch.equal(encoder(group), expected) and not torch.allclose(before, expected)
+
+
+def test_folded_copy_with_inference_tensors(litemedsam_state):
+    # found by CI: nnU-Net's predictor may move the network under torch.inference_mode, whose tensors carry no
+    # version counter; a load in inference mode must still rebuild the folded copy
+    from sam_nnunet.blocks.pseudo_slices import TinyViTPseudoSliceEncoder
+
+    path, state = litemedsam_state
+    loaded = TinyViTPseudoSliceEncoder()
+    loaded.load_pretrained(state, path)
+    encoder = TinyViTPseudoSliceEncoder()
+    group = torch.randn(1, 4, 3, 8, 8)
+    with torch.inference_mode():
+        encoder.double().float()  # new weights, made in inference mode
+        assert next(encoder.tinyvit.parameters()).is_inference()
+        before = encoder(group)
+        encoder.load_state_dict(loaded.state_dict())
+        after = encoder(group)
+    with torch.no_grad():
+        assert torch.equal(after, loaded(group)) and not torch.allclose(before, after)
+        assert torch.equal(encoder(group), after)  # outside inference mode too

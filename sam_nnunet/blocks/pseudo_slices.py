@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM, build_litemedsam_image_encoder
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
@@ -123,7 +124,8 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
         self.tinyvit = build_litemedsam_image_encoder()
         self.tinyvit.requires_grad_(False)
         self.eval()  # from the start: BatchNorm must never see a batch in training mode
-        # TinyViT caches its attention biases in eval mode (buffer ``ab``); a load must refresh that cache
+        # TinyViT caches its attention biases in eval mode (buffer ``ab``); a load must refresh that cache and drop
+        # the folded copy (a load in inference mode leaves no version count behind)
         self.register_load_state_dict_post_hook(lambda module, incompatible: module.refresh_attention_biases())
         self._folded = None  # (weights' identity, folded copy); a tuple, so not registered as a submodule
 
@@ -132,14 +134,22 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
         self.refresh_attention_biases()
 
     def refresh_attention_biases(self) -> None:
+        self._folded = None
         for module in self.tinyvit.modules():
             if hasattr(module, "attention_biases") and hasattr(module, "ab"):
                 module.train(False)  # TinyViT's Attention.train(False) re-derives ``ab`` from the biases
 
     def folded(self) -> nn.Module:
-        """The TinyViT that runs: a copy with BatchNorms folded into convolutions, for the current weights."""
+        """The TinyViT that runs: a copy with BatchNorms folded into convolutions, for the current weights.
+
+        Under fake tensors (SAMPlanner's memory estimate) there is nothing to fold: the package's modules run.
+        """
         tensors = [*self.tinyvit.parameters(), *self.tinyvit.buffers()]
-        identity = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        if any(is_fake(t) for t in tensors):
+            return self.tinyvit
+        # inference tensors (weights moved under torch.inference_mode, as nnU-Net's predictor may) have no version
+        # counter; they cannot be changed in place outside inference mode, so their storage identifies them
+        identity = tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype) for t in tensors)
         if self._folded is None or self._folded[0] != identity:
             tinyvit = copy.deepcopy(self.tinyvit)
             for name, module in list(tinyvit.named_modules()):
