@@ -113,6 +113,7 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
         assert len(r["training_cases"]) == n and not set(r["training_cases"]) & set(result["test_cases"])
         assert r["wall_seconds"] > r["setup_seconds"] >= r["cache_build_seconds"] > 0
         assert r["with_setup"]["iterations"] <= r["iterations"] and set(r["with_setup"]["dice"]) == {"1", "2"}
+        assert r["commit"] == result["commit"] and r["machine"].startswith(result["machine"]["cpu"])
     # nested subsets drawn with the seed; the ZAP run built its embedding cache (1 copy) inside the set-up
     assert set(runs["nnUNetTrainer", 3]["training_cases"]) < set(runs["nnUNetTrainer", 6]["training_cases"])
     assert runs["ZAP25DSAMTrainer", 3]["training_cases"] == runs["nnUNetTrainer", 3]["training_cases"]
@@ -132,3 +133,11 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
     again = json.load(open(out))
     assert [r["key"] for r in again["runs"]] == [r["key"] for r in result["runs"]]
     assert again["runs"] == result["runs"]
+
+    # runs of other hardware in the file: refused before anything runs (a budget in seconds is other compute there)
+    again["machine"]["cpu"] = "Another CPU"
+    out.write_text(json.dumps(again))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "sam-nnunet"), "learning-curve", *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "give another --output for this machine" in proc.stderr, proc.stderr[-2000:]
+    assert json.load(open(out))["runs"] == result["runs"]

@@ -141,6 +141,27 @@ def test_without_clicks_it_is_zap25d_and_clicks_change_only_their_sample():
     assert (clicked[0] - automatic[0]).abs().amax() > 1e-3
 
 
+def test_the_prompt_free_pass_runs_only_for_samples_without_a_prompt():
+    prompted, _ = _pair()
+    x = torch.randn(2, 1, 9, 12, 6)
+    clicks = torch.tensor([[[2.0, 3.0, 1.0]], [[5.0, 6.0, 2.0]]])
+    rows = []
+    prompted.decoder.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        both = prompted(x, clicks, torch.tensor([[click_label(1)], [click_label(2)]]))
+        calls_both, rows[:] = list(rows), []
+        one = prompted(x, clicks, torch.tensor([[click_label(1)], [NO_CLICK]]))
+        calls_one = list(rows)
+        alone = [prompted(x[i:i + 1], clicks[i:i + 1], torch.tensor([[click_label(i + 1)]])) for i in range(2)]
+    # three orientations; every sample prompted: one decoder call per orientation, k = 2 passes per pseudo-slice
+    assert len(calls_both) == 3 and len(calls_one) == 6
+    # the second sample alone has no prompt: its pseudo-slices once more, prompt-free
+    assert [calls_one[i + 1] for i in range(0, 6, 2)] == [r // 4 for r in calls_both]
+    torch.testing.assert_close(both, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one[0], alone[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one[1], prompted(x[1:])[0], atol=1e-5, rtol=1e-5)
+
+
 def test_one_pseudo_slice_is_sams_own_prompted_decoder(tiny_sam_checkpoint):
     """One foreground class: decoding a pseudo-slice with the clicks is SAM's mask decoder with SAM's prompt encoder
     output for the projected points (the paper's model)."""

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sam_nnunet import settings
+from sam_nnunet.evaluation.machine import describe_machine, machine_line
 from sam_nnunet.nnunet_env import required_environment
 
 BASELINE = "nnUNetTrainerShortRun"  # nnUNetTrainer + the budget (trainers.short_run); shown as nnUNetTrainer
@@ -369,8 +370,6 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
 # ---- the curve -----------------------------------------------------------------------------------------------------
 def run_curve(s: CurveSettings) -> Dict:
     """Run every (trainer, size, seed) not yet in ``s.output``; returns the results (also written beside it)."""
-    from sam_nnunet.evaluation.machine import describe_machine
-
     s.check()
     work = os.path.abspath(s.work_dir)
     # the runs' settings are the tool's, not stray ones of the caller; the memory check's skip changes no result
@@ -388,12 +387,17 @@ def run_curve(s: CurveSettings) -> Dict:
     result = _load(s.output) or {"runs": []}
     if result.get("test_cases") not in (None, test_cases):
         raise ValueError(f"{s.output} holds runs on another test set; give another --output")
+    machine = describe_machine()
+    if result["runs"] and result.get("machine") and hardware(result["machine"]) != hardware(machine):
+        raise ValueError(f"{s.output} holds runs measured on {machine_line(result['machine'])}, this is "
+                         f"{machine_line(machine)}: the same budget in seconds is other compute on other hardware, "
+                         f"so the runs would not be comparable; give another --output for this machine")
     result.update({"description": "sam-nnunet learning-curve: test-set accuracy against training cases, equal "
                                   "wall-clock budget per run (documentation/learning_curve.md)",
                    "source": os.path.abspath(source), "test_folder": test_folder, "test_cases": test_cases,
                    "test_selection": "folder" if s.test_folder else f"held out: {s.num_test} cases, seed "
                                                                     f"{s.test_seed}",
-                   "settings": asdict(s), "machine": describe_machine(), "load_average": list(os.getloadavg()),
+                   "settings": asdict(s), "machine": machine, "load_average": list(os.getloadavg()),
                    "command": command_line(s), "failures": []})
     result["commit"] = result["machine"]["versions"].get("sam-nnunet commit")
     done = {r["key"] for r in result["runs"]}
@@ -412,6 +416,9 @@ def run_curve(s: CurveSettings) -> Dict:
                     dataset, plans = prepare_dataset(s, source, cases, n, seed, env, work, log)
                     entries = run_training_and_readings(s, spec, n, seed, cases, dataset, plans, test_folder, todo,
                                                         env, work)
+                    for e in entries:  # with each run: what it ran on (a file holds one machine's runs)
+                        e.update(machine=f"{machine['cpu']}, {machine['usable_cores']} cores",
+                                 commit=machine["versions"].get("sam-nnunet commit"))
                 except (RuntimeError, ValueError) as e:
                     result["failures"].append({"trainer": spec, "n_train": n, "seed": seed, "error": str(e)[:3000]})
                     print(f"learning-curve: FAILED: {e}", file=sys.stderr, flush=True)
@@ -422,6 +429,11 @@ def run_curve(s: CurveSettings) -> Dict:
                 write_outputs(result, s.output)
     write_outputs(result, s.output)
     return result
+
+
+def hardware(machine: Dict) -> Tuple:
+    """What a wall-clock budget buys: the CPU model, its usable cores, the GPU."""
+    return machine.get("cpu"), machine.get("usable_cores"), (machine.get("gpu") or {}).get("name")
 
 
 def command_line(s: CurveSettings) -> str:
@@ -469,8 +481,6 @@ def _labels(value: Optional[Dict], digits: int) -> str:
 
 
 def markdown_table(result: Dict) -> str:
-    from sam_nnunet.evaluation.machine import machine_line
-
     s = result["settings"]
     runs = sorted(result["runs"], key=lambda r: (r["trainer"], r["clicks"], r["n_train"], r["seed"]))
     labels = sorted(runs[0]["dice"], key=str) if runs else []

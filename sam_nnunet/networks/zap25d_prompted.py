@@ -40,9 +40,8 @@ frozen prompt encoder, still zero added parameters:
 Multi-class: SAM segments one object per prompt set, so each mask output gets its own pass over the decoder with the
 clicks read for it (``sam_nnunet.blocks.plane_prompts``): label-based, a click on class j is positive for output j and
 negative for every other class (mutually exclusive classes); region-based, a click speaks only about its own region.
-With one foreground class this is the paper's model exactly. Decoder cost with clicks: (k + 1) passes per
-pseudo-slice (k outputs + the prompt-free pass for samples without clicks); the frozen encoder, which dominates, runs
-once.
+With one foreground class this is the paper's model exactly. Decoder cost with clicks: k passes per pseudo-slice, one
+more for a sample without clicks or boxes (its prompt-free pass); the frozen encoder runs once.
 """
 from typing import Dict, NamedTuple, Optional, Sequence
 
@@ -151,9 +150,8 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
                                                         ).to(dtype)
 
     def _decode(self, plane: PlaneEmbedding, prompt: Optional[PlanePrompt] = None) -> torch.Tensor:
-        free = self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)  # (B * G, k, h, w)
         if prompt is None:
-            return free
+            return self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)  # (B * G, k, h, w)
         b, k = plane.batch, self.decoder.num_masks
         g = plane.embeddings.shape[0] // b  # pseudo-slices per sample
         # every pseudo-slice once per mask output j, with the tokens of j: (B, G, k) flattened
@@ -167,8 +165,17 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
         masks = self._run_decoder(repeated, plane.image_pe, plane.dense, tokens, present)  # (B * G * k, k, h, w)
         # pass j gives output j
         prompted = masks.unflatten(0, (b, g, k)).diagonal(dim1=2, dim2=3).movedim(-1, 2).flatten(0, 1)
-        select = prompt.has_prompt.repeat_interleave(g).view(-1, 1, 1, 1)
-        return torch.where(select, prompted, free)
+        # the prompt-free pass (as dear as one output's) only for the samples without a prompt; torch.compile runs it
+        # for all and selects: which rows need it is data, and a data-dependent shape would break its graph
+        free_rows = (~prompt.has_prompt).repeat_interleave(g)  # (B * G,)
+        if torch.compiler.is_compiling():
+            free = self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)
+            return torch.where(free_rows.view(-1, 1, 1, 1), free, prompted)
+        if not bool(free_rows.any()):
+            return prompted
+        prompted = prompted.clone()
+        prompted[free_rows] = self._run_decoder(plane.embeddings[free_rows], plane.image_pe, plane.dense)
+        return prompted
 
     def forward(self, x: torch.Tensor, point_coords: Optional[torch.Tensor] = None,
                 point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None,
