@@ -71,6 +71,16 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
     assert "| round 0 | round 1 |" in table and "no (zero-shot) | box | " in table
     assert os.path.getsize(out[:-len(".json")] + ".png") > 1000
 
+    # one prompt kind again, with more rounds: its rows replace its own, the other kinds' stay
+    sam_env.delenv("nnUNet_SAM_checkpoint")
+    cli.main(["interaction", "-m", folder, "-f", "0", "--rounds", "2", "--cases", case, "-o", out, "--prompts", "box"])
+    again = json.load(open(out))
+    trained = {(r["prompt"], r["round"]) for r in again["rows"] if r["trained"]}
+    assert trained == {("box", r) for r in (0, 1, 2)} | {(p, r) for p in ("clicks", "box+clicks") for r in (0, 1)}
+    assert [r for r in again["rows"] if not r["trained"]] == zero
+    assert set(again["per_case"][TRAINER]) == set(again["rounds_to_target"][TRAINER]) == {"box", "clicks", "box+clicks"}
+    assert len(again["per_case"][TRAINER]["box"][case]) == 3
+
 
 def test_interaction_refuses_unknown_prompt_kinds(model_folder):
     from sam_nnunet.evaluation.interaction import evaluate_interaction

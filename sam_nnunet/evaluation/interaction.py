@@ -29,6 +29,7 @@ from sam_nnunet.prompts.clicks import click_label
 from sam_nnunet.prompts.corrections import correction_click
 from sam_nnunet.prompts.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
+from sam_nnunet.trainers.checkpoints import atomic_write
 
 PROMPT_KINDS = ("box", "clicks", "box+clicks")
 
@@ -168,20 +169,26 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
 
 
 def merge_interaction_file(path: str, result: dict) -> dict:
-    """Write ``result`` into ``path``, keeping the rows (and per-trainer entries) of other trainer / trained values
-    already there."""
+    """Write ``result`` into ``path`` (atomically), keeping what is there for other (trainer, trained, prompt): a run
+    with ``--prompts clicks`` after one with ``--prompts box`` adds its rows to the box rows."""
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
-        mine = {(r["trainer"], r["trained"]) for r in result["rows"]}
+        mine = {(r["trainer"], r["trained"], r["prompt"]) for r in result["rows"]}
+
+        def per_prompt(key: str) -> dict:  # {trainer: {prompt: ...}}, the old entries under the new
+            merged = {t: dict(v) for t, v in old.get(key, {}).items()}
+            for trainer, by_prompt in result[key].items():
+                merged.setdefault(trainer, {}).update(by_prompt)
+            return merged
+
         result = {**old, **{k: v for k, v in result.items() if k not in ("rows", "rounds_to_target", "per_case")},
-                  "rows": [r for r in old.get("rows", []) if (r["trainer"], r["trained"]) not in mine]
+                  "rows": [r for r in old.get("rows", []) if (r["trainer"], r["trained"], r["prompt"]) not in mine]
                   + result["rows"],
-                  "rounds_to_target": {**old.get("rounds_to_target", {}), **result["rounds_to_target"]},
-                  "per_case": {**old.get("per_case", {}), **result["per_case"]}}
+                  "rounds_to_target": per_prompt("rounds_to_target"), "per_case": per_prompt("per_case")}
     maybe_mkdir_p(os.path.dirname(os.path.abspath(path)))
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    with atomic_write(path) as f:
+        f.write(json.dumps(result, indent=1).encode())
     return result
 
 
