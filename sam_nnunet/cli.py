@@ -128,6 +128,7 @@ def _cmd_benchmark(args) -> None:
             encoders=parse_per_trainer(args.encoder, "--encoder"),
             checkpoints=parse_per_trainer(args.checkpoint, "--checkpoint"),
             allow_random_init=args.allow_random_init, click_tiles=args.click_tiles,
+            interaction_rounds=args.interaction_rounds,
             **({} if args.clicks is None else {"clicks": args.clicks}))
         result = run_benchmark(s, doc=args.update_doc)
     except ValueError as e:
@@ -331,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for each N (default 1 3 10); --clicks alone: automatic only")
     p.add_argument("--click-tiles", choices=("all", "clicked", "centred"), default=None,
                    help="tiles predicted with clicks (default: each prompted trainer's paper protocol)")
+    p.add_argument("--interaction-rounds", type=int, default=3, metavar="R",
+                   help="prompted trainers taking boxes: box / clicks / box+clicks then R correction rounds on the "
+                        "same cases, and the pretrained weights' box as a zero-shot row (default 3; 0: not run)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")

@@ -79,6 +79,16 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
         assert 0 <= fg["Dice"] <= 1 and 0 <= fg["NSD"] <= 1
         assert os.path.isfile(os.path.join(clicks["output_folder"], f"{n}_clicks", "clicks.json"))
 
+    # the interaction protocol on the same case: three first prompts, 3 rounds each (the default); random weights
+    # give no zero-shot row, and say so
+    interaction = prompted["interaction"]
+    assert interaction["cases"] == prompted["prediction"]["cases"] and "interaction" not in sam
+    assert {(r["prompt"], r["round"]) for r in interaction["rows"]} == {
+        (p, k) for p in ("box", "clicks", "box+clicks") for k in range(4)}
+    assert all(r["trained"] and 0 <= r["dice"] <= 1 for r in interaction["rows"])
+    assert "zero-shot needs pretrained weights" in interaction["zero_shot_skipped"]
+    assert "| ZAP25DSAMTrainer_prompted | trained | box+clicks | " in printed and "| round 3 |" in printed
+
     # loader set-up timed apart from the steps; a two-iteration run does not build ZAP's embedding cache
     assert prompted["loaders"]["embedding_cache"] is False and "embedding_cache" not in baseline["loaders"]
     assert baseline["loaders"]["setup_seconds"] > 0
@@ -112,7 +122,8 @@ def test_benchmark_end_to_end(synthetic_dataset, tmp_path, capsys):
     assert "old table" not in text and text.startswith("# Benchmarks") and text.rstrip().endswith("after")
     assert "| SAMAdapterTrainer |" in text and "![memory](benchmarks/memory.png)" in text
     assert (tmp_path / "benchmarks" / "time.png").is_file()
-    assert markdown_table(result).count("\n| ") == 5 + 2  # header + 4 trainers; header + 1 prompted trainer
+    # header + 4 trainers; header + 1 prompted trainer; header + its 3 first-prompt kinds (interaction)
+    assert markdown_table(result).count("\n| ") == 5 + 2 + 4
 
 
 def test_click_table_of_prompted_trainers():

@@ -21,6 +21,7 @@ from sam_nnunet import settings
 from sam_nnunet.nnunet_env import required_environment
 
 DEFAULT_CLICKS = (1, 3, 10)
+DEFAULT_INTERACTION_ROUNDS = 3
 
 
 @dataclass
@@ -48,6 +49,10 @@ class BenchmarkSettings:
     # each N here (the papers' 1 / 3 / 10); empty: automatic only. Tiles: each trainer's paper protocol by default
     clicks: List[int] = field(default_factory=lambda: list(DEFAULT_CLICKS))
     click_tiles: Optional[str] = None
+    # prompted trainers whose network takes boxes: the interaction protocol (sam-nnunet interaction) on the same
+    # cases, box / clicks / box+clicks then this many correction rounds, and the pretrained weights' box as the
+    # zero-shot row where the encoder has them; 0: not evaluated
+    interaction_rounds: int = DEFAULT_INTERACTION_ROUNDS
 
     def resolve(self) -> "BenchmarkSettings":
         import torch
@@ -61,6 +66,8 @@ class BenchmarkSettings:
         if any(n < 1 for n in self.clicks):
             raise ValueError("--clicks takes click counts of at least 1 (the automatic mode is always evaluated)")
         self.clicks = sorted(set(self.clicks))
+        if self.interaction_rounds < 0:
+            raise ValueError("--interaction-rounds must be 0 (not evaluated) or more")
         if self.click_tiles not in (None, "all", "clicked", "centred"):
             raise ValueError(f"--click-tiles must be all, clicked or centred, not {self.click_tiles!r}")
         try:
@@ -235,6 +242,8 @@ def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
         args += ["--clicks", *map(str, s.clicks)]
     if s.click_tiles:
         args += ["--click-tiles", s.click_tiles]
+    if s.interaction_rounds != DEFAULT_INTERACTION_ROUNDS:
+        args += ["--interaction-rounds", str(s.interaction_rounds)]
     return "sam-nnunet benchmark " + " ".join(shlex.quote(a) for a in args)
 
 

@@ -17,7 +17,9 @@ What is measured, and how:
   sliding-window inference (with test-time mirroring unless disabled), resampling, export of the segmentation.
 - prompted trainers (``PromptedTrainerMixin``): the automatic row above, then the same validation cases with N
   simulated clicks per class for each N of ``clicks`` (``evaluate_clicks_on_fold``: clicks drawn from the
-  reference labels, seed 0, the trainer's paper protocol for the tiles unless ``click_tiles``), evaluated alike.
+  reference labels, seed 0, the trainer's paper protocol for the tiles unless ``click_tiles``), evaluated alike;
+  for those whose network takes boxes, the interaction protocol (``evaluate_interaction``: box / clicks /
+  box+clicks, ``interaction_rounds`` corrections) and the pretrained weights' box as a zero-shot row.
 
 Usage (by the benchmark, not by hand): ``python -m sam_nnunet.evaluation.benchmark_worker SPEC RESULT PROGRESS``.
 """
@@ -32,6 +34,8 @@ from typing import Dict, List
 
 import numpy as np
 import torch
+
+from sam_nnunet.evaluation.interaction import evaluate_interaction
 
 
 class Progress:
@@ -282,6 +286,30 @@ def evaluate_clicks(spec: dict, trained: dict, keys: List[str], progress: Progre
                                 "mean": {str(k): v for k, v in results[n]["mean"].items()}} for n in counts}}
 
 
+def evaluate_interactions(spec: dict, trained: dict, keys: List[str], progress: Progress) -> dict:
+    """The interaction protocol (``sam-nnunet interaction``) on the cases ``keys``: every first prompt kind, then
+    ``interaction_rounds`` corrections; and the pretrained weights' box (zero-shot), where the encoder has them."""
+    common = dict(fold=spec["fold"], cases=keys, tiles=spec["click_tiles"], device=torch.device(spec["device"]),
+                  disable_tta=not spec["mirroring"])
+    progress("interaction", 0, 2)
+    start = time.perf_counter()
+    try:
+        trained_rows = evaluate_interaction(trained["model_folder"], rounds=spec["interaction_rounds"], **common)
+    except ValueError as e:  # a network without boxes (SAMAdapterTrainer_prompted's clicks-only public variant)
+        return {"skipped": str(e)}
+    result = {"rows": trained_rows["rows"], "rounds_to_target": trained_rows["rounds_to_target"],
+              "target_dice": trained_rows["target_dice"], "tiles": trained_rows["tiles"], "cases": keys,
+              "seconds": round(time.perf_counter() - start, 1)}
+    progress("interaction", 1, 2)
+    try:
+        zero = evaluate_interaction(trained["model_folder"], prompts=("box",), rounds=0, zero_shot=True, **common)
+        result["rows"] += zero["rows"]
+    except ValueError as e:  # random weights: no zero-shot row to give
+        result["zero_shot_skipped"] = str(e)
+    progress("interaction", 2, 2)
+    return result
+
+
 def main(spec_file: str, result_file: str, progress_file: str) -> int:
     with open(spec_file) as f:
         spec = json.load(f)
@@ -293,6 +321,8 @@ def main(spec_file: str, result_file: str, progress_file: str) -> int:
         result.update(predict_and_evaluate(spec, result, progress))
         if result["prompted"] and spec.get("clicks"):
             result["clicks"] = evaluate_clicks(spec, result, result["prediction"]["cases"], progress)
+        if result["prompted"] and spec.get("interaction_rounds"):
+            result["interaction"] = evaluate_interactions(spec, result, result["prediction"]["cases"], progress)
         result["status"] = "ok"
     except BaseException as e:  # noqa: B902 - reported to the benchmark, which goes on with the next trainer
         from sam_nnunet.errors import UserFacingExit

@@ -73,6 +73,7 @@ def markdown_table(result: Dict) -> str:
             f"{_gib(peak_memory_bytes(run))} | {_num(run['prediction']['seconds_per_case'], 2)} | "
             f"{_num(fg.get('Dice'), 4)} | {_num(fg.get('NSD'), 4)} | {_num(fg.get('HD95'), 2)} |")
     lines += click_table(result)
+    lines += interaction_rows_table(result)
     lines += [
         "",
         "Definitions: *Added* = parameters not initialised from a pretrained checkpoint (nnU-Net's U-Net: all of "
@@ -108,6 +109,29 @@ def click_table(result: Dict) -> List[str]:
             run["clicks"]["counts"].get(str(n), {}).get("foreground_mean", {}) for n in counts]
         text = [f"{_num(c.get('Dice'), 4)} / {_num(c.get('NSD'), 4)}" for c in cells]
         lines.append(f"| {run['trainer']} | {run['clicks']['tiles']} | " + " | ".join(text) + " |")
+    return lines
+
+
+def interaction_rows_table(result: Dict) -> List[str]:
+    """Lines of the table "Dice per correction round" of the prompted trainers taking boxes (none if none ran)."""
+    runs = [r for r in result["runs"] if r.get("status") == "ok" and (r.get("interaction") or {}).get("rows")]
+    if not runs:
+        return []
+    rounds = max(row["round"] for r in runs for row in r["interaction"]["rows"])
+    lines = ["", "Interaction (`sam-nnunet interaction`'s protocol) on the same cases: a first prompt from the "
+             "reference (box: each class's bounding box; clicks: one per class; box+clicks), then correction rounds, "
+             "each a click at the centre of the largest error, the previous prediction as mask prompt. Foreground "
+             "mean Dice per round; *zero-shot*: the pretrained weights alone, the baseline training has to beat.", "",
+             "| Trainer | Weights | Prompt | " + " | ".join(f"round {k}" for k in range(rounds + 1)) + " |",
+             "|---|---|---|" + "---|" * (rounds + 1)]
+    for run in runs:
+        series: Dict[tuple, Dict[int, Optional[float]]] = {}
+        for row in run["interaction"]["rows"]:
+            series.setdefault((row["trained"], row["prompt"]), {})[row["round"]] = row["dice"]
+        for (trained, prompt), dice in sorted(series.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+            cells = [_num(dice[k], 4) if k in dice else "" for k in range(rounds + 1)]
+            lines.append(f"| {run['trainer']} | {'trained' if trained else 'zero-shot'} | {prompt} | "
+                         + " | ".join(cells) + " |")
     return lines
 
 
