@@ -47,6 +47,7 @@ from typing import Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from sam_nnunet.blocks.plane_prompts import (SAM_NOT_A_POINT, boxes_for_outputs, plane_mask_prompt, project_boxes,
                                              project_clicks, pseudo_slices_crossed, sam_point_labels)
@@ -165,10 +166,11 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
         masks = self._run_decoder(repeated, plane.image_pe, plane.dense, tokens, present)  # (B * G * k, k, h, w)
         # pass j gives output j
         prompted = masks.unflatten(0, (b, g, k)).diagonal(dim1=2, dim2=3).movedim(-1, 2).flatten(0, 1)
-        # the prompt-free pass (as dear as one output's) only for the samples without a prompt; torch.compile runs it
-        # for all and selects: which rows need it is data, and a data-dependent shape would break its graph
+        # the prompt-free pass (as dear as one output's) only for the samples without a prompt; torch.compile and
+        # SAMPlanner's fake-tensor memory trace run it for all and select: which rows need it is data, and a
+        # data-dependent shape would break a graph (and the trace then counts the dearer case)
         free_rows = (~prompt.has_prompt).repeat_interleave(g)  # (B * G,)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or is_fake(free_rows):
             free = self._run_decoder(plane.embeddings, plane.image_pe, plane.dense)
             return torch.where(free_rows.view(-1, 1, 1, 1), free, prompted)
         if not bool(free_rows.any()):
