@@ -126,14 +126,15 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
         self.eval()  # from the start: BatchNorm must never see a batch in training mode
         # TinyViT caches its attention biases in eval mode (buffer ``ab``); a load must refresh that cache and drop
         # the folded copy (a load in inference mode leaves no version count behind)
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module.refresh_attention_biases())
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.weights_changed())
         self._folded = None  # (weights' identity, folded copy); a tuple, so not registered as a submodule
 
     def load_pretrained(self, state_dict: Dict[str, torch.Tensor], path: str) -> None:
         load_submodule_state(self.tinyvit, state_dict, "image_encoder.", path=path)
-        self.refresh_attention_biases()
+        self.weights_changed()
 
-    def refresh_attention_biases(self) -> None:
+    def weights_changed(self) -> None:
+        """After a load: the folded copy is stale and TinyViT's cached attention biases are re-derived."""
         self._folded = None
         for module in self.tinyvit.modules():
             if hasattr(module, "attention_biases") and hasattr(module, "ab"):
