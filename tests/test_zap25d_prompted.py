@@ -137,7 +137,9 @@ def test_without_clicks_it_is_zap25d_and_clicks_change_only_their_sample():
         assert torch.equal(prompted(x), automatic)
         assert torch.equal(prompted(x, clicks[:, :0], labels[:, :0]), automatic)  # N = 0
         clicked = prompted(x, clicks, labels)
-    assert torch.equal(clicked[1], automatic[1])  # a sample whose slots are all empty: ZAP's "no points"
+    # a sample whose slots are all empty: ZAP's "no points" (its prompt-free pass runs without the clicked sample:
+    # another batch size, which CPU kernels may round differently in the last bit)
+    torch.testing.assert_close(clicked[1], automatic[1])
     assert (clicked[0] - automatic[0]).abs().amax() > 1e-3
 
 
