@@ -154,7 +154,8 @@ def _cmd_learning_curve(args) -> None:
             trainers=args.trainers or list(DEFAULT_TRAINERS),
             budget_seconds=args.budget, seeds=args.seeds, clicks=args.clicks, configuration=args.configuration,
             configuration_override=override, device=args.device, disable_tta=args.disable_tta,
-            cache_copies=args.cache_copies, checkpoint=args.checkpoint, allow_random_init=args.allow_random_init,
+            cache_copies=args.cache_copies, cache_build_first=args.cache_build_first, checkpoint=args.checkpoint,
+            allow_random_init=args.allow_random_init,
             tolerance=args.tolerance, click_tiles=args.click_tiles, processes=args.processes,
             prediction_processes=args.prediction_processes)
         result = run_curve(s)
@@ -366,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring")
     p.add_argument("--cache-copies", type=int, default=None, help="nnUNet_SAM_cache_copies for the ZAP trainers")
+    p.add_argument("--cache-build-first", action="store_true",
+                   help="ZAP trainers: build the embedding cache before the budget starts (nnUNet_SAM_cache_build_first;"
+                        " the build is timed as set-up, the set-up-counted reading includes it) instead of encoding "
+                        "each copy when first drawn, inside the budget")
     p.add_argument("--checkpoint", default=None, help="nnUNet_SAM_checkpoint for the SAM trainers")
     p.add_argument("--allow-random-init", action="store_true", help="smoke tests: SAM encoders without weights")
     p.add_argument("--tolerance", type=float, default=5.0, help="NSD tolerance in mm (default 5)")

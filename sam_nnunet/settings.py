@@ -13,6 +13,8 @@ nnUNet_SAM_test_checkpoint_pause for the interruption tests only: a checkpoint f
                                  writing it stops for good after its first MiB, so that a test can kill the run there
 nnUNet_SAM_cache_copies          ZAP trainers: augmented copies per case in the embedding cache (default 4; 0 trains
                                  without the cache, running the encoder at every step)
+nnUNet_SAM_cache_build_first     1: under a time budget, build the whole embedding cache before the first iteration
+                                 (timed as set-up) instead of encoding each copy when it is first drawn
 nnUNet_SAM_cache_dir             where the embedding cache lives (default: the dataset's preprocessed folder)
 nnUNet_SAM_time_budget_seconds   every trainer (nnUNetTrainerShortRun too): stop training after the first iteration
                                  that ends past this many seconds, then write checkpoint_final (trainers.budget)
@@ -31,6 +33,7 @@ TEST_CHECKPOINT_PAUSE = "nnUNet_SAM_test_checkpoint_pause"
 
 CACHE_COPIES = "nnUNet_SAM_cache_copies"
 CACHE_DIR = "nnUNet_SAM_cache_dir"
+CACHE_BUILD_FIRST = "nnUNet_SAM_cache_build_first"
 TIME_BUDGET_SECONDS = "nnUNet_SAM_time_budget_seconds"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")

@@ -17,7 +17,7 @@ os.environ.setdefault("nnUNet_def_n_proc", "2")
 # (not nnUNet_n_proc_DA=0 here: nnU-Net's planner calls torch.set_num_threads() with it and fails on 0)
 for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
              "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch", "nnUNet_compile",
-             "nnUNet_SAM_time_budget_seconds",
+             "nnUNet_SAM_time_budget_seconds", "nnUNet_SAM_cache_build_first",
              "nnUNet_SAM_skip_memory_check", "nnUNet_SAM_device_memory_gb"):
     os.environ.pop(_var, None)
 # the start-up memory check traces a training step (seconds to minutes per training start): tested on its own in
@@ -63,7 +63,7 @@ def sam_env(monkeypatch):
     """Clean sam-nnunet variables for one test; returns monkeypatch to set them."""
     for var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_random_init",
                 "nnUNet_SAM_num_epochs", "nnUNet_SAM_iterations_per_epoch",
-                "nnUNet_SAM_time_budget_seconds",
+                "nnUNet_SAM_time_budget_seconds", "nnUNet_SAM_cache_build_first",
                 "nnUNet_SAM_device_memory_gb"):
         monkeypatch.delenv(var, raising=False)
     for var, value in SKIP_MEMORY_CHECK.items():

@@ -178,6 +178,18 @@ def test_under_a_time_budget_copies_are_encoded_when_first_drawn(synthetic_datas
     assert counter.calls == calls
 
 
+def test_under_a_time_budget_the_cache_can_be_built_first(synthetic_dataset, cached):
+    # the reading of a budget that leaves the one-off build out (trainers.budget times it as set-up)
+    cached.setenv("nnUNet_SAM_time_budget_seconds", "60")
+    cached.setenv("nnUNet_SAM_cache_build_first", "1")
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    trainer.initialize()
+    loaders = trainer.get_dataloaders()
+    cases = sum(len(dataset.identifiers) for _, dataset, _, _ in trainer.embedding_cache_sources())
+    assert len(_entries(trainer.embedding_cache().folder)) == 2 * cases  # nnUNet_SAM_cache_copies=2
+    assert all(loader.fill is None for loader in loaders)
+
+
 def test_the_weights_hash_covers_every_tensor_batchnorm_counters_included():
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     digest = state_sha256(module)

@@ -17,6 +17,7 @@ import pytest
 from conftest import SKIP_MEMORY_CHECK
 
 from sam_nnunet.demo import make_synthetic_dataset
+from sam_nnunet.evaluation.learning_curve import BASELINE, CurveSettings, cache_variant, run_key, same_reading
 from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.trainers.budget import RECORD_FILE, WITH_SETUP_CHECKPOINT
 from sam_nnunet.trainers.short_run import nnUNetTrainerShortRun
@@ -82,6 +83,26 @@ def _curve(args, env):
     return proc
 
 
+def test_same_reading_only_when_the_set_up_cost_no_more_than_one_percent_of_the_iterations():
+    assert same_reading(37, {"checkpoint": "checkpoint_final.pth", "iterations": 37})
+    assert same_reading(287, {"checkpoint": WITH_SETUP_CHECKPOINT, "iterations": 286})      # 3 s of set-up
+    assert not same_reading(396, {"checkpoint": WITH_SETUP_CHECKPOINT, "iterations": 380})  # a cache build's 4 %
+    assert not same_reading(50, {"checkpoint": WITH_SETUP_CHECKPOINT, "iterations": 0})     # set-up > budget
+    assert not same_reading(50, {})  # no with-set-up checkpoint: nothing to score
+
+
+def test_a_cache_setting_is_another_run_of_the_sam_trainers_only():
+    default = CurveSettings(source="Task04_Hippocampus")
+    assert cache_variant(default, "ZAP25DSAMTrainer") == ""  # the trainers' own cache: the keys runs already have
+    assert run_key("ZAP25DSAMTrainer", "litemedsam", 10, 0, 0, 1200.0) == \
+        "ZAP25DSAMTrainer|litemedsam|n10|seed0|clicks0|budget1200"
+    first = CurveSettings(source="Task04_Hippocampus", cache_copies=1, cache_build_first=True)
+    assert cache_variant(first, "ZAP25DSAMTrainer") == "cache1-first"
+    assert cache_variant(first, BASELINE) == ""  # nnUNetTrainer has no cache: its runs are shared
+    assert run_key("ZAP25DSAMTrainer", "litemedsam", 10, 0, 0, 1200.0, "cache1-first").endswith("|cache1-first")
+    assert cache_variant(CurveSettings(source="T", cache_build_first=True), "ZAP25DSAMTrainer") == "cachedefault-first"
+
+
 @pytest.mark.slow
 def test_learning_curve_end_to_end_and_resume(tmp_path):
     raw = tmp_path / "raw"
@@ -106,6 +127,7 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
     for (trainer, n), r in runs.items():
         assert r["budget_seconds"] == 2 and r["clicks"] == 0 and r["seed"] == 0
         assert r["encoder"] == (None if trainer == "nnUNetTrainer" else "vit_test")
+        assert r["cache"] == (None if trainer == "nnUNetTrainer" else "cache1")  # --cache-copies 1: its own runs
         assert r["iterations"] >= 1 and r["stopped_by_budget"]
         assert len(r["load_average"]) == len(r["load_average_after_training"]) == 3
         assert set(r["dice"]) == set(r["nsd"]) == set(r["hd95"]) == {"1", "2"}
@@ -113,6 +135,8 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
         assert len(r["training_cases"]) == n and not set(r["training_cases"]) & set(result["test_cases"])
         assert r["wall_seconds"] > r["setup_seconds"] >= r["cache_build_seconds"] > 0
         assert r["with_setup"]["iterations"] <= r["iterations"] and set(r["with_setup"]["dice"]) == {"1", "2"}
+        assert r["with_setup"]["scored"] == ("checkpoint_final.pth" if same_reading(r["iterations"], r["with_setup"])
+                                             else WITH_SETUP_CHECKPOINT)
         assert r["commit"] == result["commit"] and r["machine"].startswith(result["machine"]["cpu"])
     # nested subsets drawn with the seed; the ZAP run built its embedding cache (1 copy) inside the set-up
     assert set(runs["nnUNetTrainer", 3]["training_cases"]) < set(runs["nnUNetTrainer", 6]["training_cases"])
@@ -121,7 +145,7 @@ def test_learning_curve_end_to_end_and_resume(tmp_path):
     assert "nnUNetv2_train" in zap_log and "nnUNetv2_predict" in zap_log
 
     table = open(tmp_path / "doc" / "learning_curve.md").read()
-    assert table.count("| nnUNetTrainer |") == 2 and table.count("| ZAP25DSAMTrainer | vit_test |") == 2
+    assert table.count("| nnUNetTrainer |") == 2 and table.count("| ZAP25DSAMTrainer [cache1] | vit_test |") == 2
     chart = tmp_path / "doc" / "learning_curve.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

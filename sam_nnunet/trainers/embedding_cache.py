@@ -23,6 +23,8 @@ Where and how:
   - Under a wall-clock budget the cache is not built first but filled as drawn: a copy is encoded when training
     first draws it (the same copy, from the same seed), so a budget is never spent on encoding patches it does not
     reach, and no run costs more than an uncached one.
+    ``nnUNet_SAM_cache_build_first=1`` builds it first under a budget too: the build is then the set-up the
+    budget's first clock leaves out and its second counts (trainers.budget).
 """
 import hashlib
 import json
@@ -314,8 +316,11 @@ class EmbeddingCacheMixin:
         cache = self.embedding_cache()
         folder, patch = self.preprocessed_dataset_folder, self.configuration_manager.patch_size
         # under a wall-clock budget the cache fills as it is drawn: building it first could take the whole budget,
-        # and a copy encoded at its first draw costs what an uncached step costs, later draws only the decoder
-        as_drawn = settings.get_positive_float(settings.TIME_BUDGET_SECONDS) is not None
+        # and a copy encoded at its first draw costs what an uncached step costs, later draws only the decoder;
+        # nnUNet_SAM_cache_build_first builds it first all the same (the set-up then times the build: the reading
+        # of a budget that leaves the one-off build out, trainers.budget)
+        as_drawn = settings.get_positive_float(settings.TIME_BUDGET_SECONDS) is not None and \
+            not settings.get_flag(settings.CACHE_BUILD_FIRST)
         loaders = []
         for what, dataset, size, transforms in sources:
             fingerprints = {c: case_fingerprint(folder, c) for c in dataset.identifiers}
