@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring")
     p.add_argument("--cache-copies", type=int, default=None, help="nnUNet_SAM_cache_copies for the ZAP trainers")
     p.add_argument("--cache-build-first", action="store_true",
-                   help="ZAP trainers: build the embedding cache before the budget starts (nnUNet_SAM_cache_build_first;"
-                        " the build is timed as set-up, the set-up-counted reading includes it) instead of encoding "
+                   help="ZAP trainers: build the embedding cache before the budget starts "
+                        "(nnUNet_SAM_cache_build_first; the build is timed as set-up, the set-up-counted reading "
+                        "includes it) instead of encoding "
                         "each copy when first drawn, inside the budget")
     p.add_argument("--checkpoint", default=None, help="nnUNet_SAM_checkpoint for the SAM trainers")
     p.add_argument("--allow-random-init", action="store_true", help="smoke tests: SAM encoders without weights")

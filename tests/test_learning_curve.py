@@ -100,7 +100,8 @@ def test_a_cache_setting_is_another_run_of_the_sam_trainers_only():
     assert cache_variant(first, "ZAP25DSAMTrainer") == "cache1-first"
     assert cache_variant(first, BASELINE) == ""  # nnUNetTrainer has no cache: its runs are shared
     assert run_key("ZAP25DSAMTrainer", "litemedsam", 10, 0, 0, 1200.0, "cache1-first").endswith("|cache1-first")
-    assert cache_variant(CurveSettings(source="T", cache_build_first=True), "ZAP25DSAMTrainer") == "cachedefault-first"
+    default_first = CurveSettings(source="Task04_Hippocampus", cache_build_first=True)
+    assert cache_variant(default_first, "ZAP25DSAMTrainer") == "cachedefault-first"
 
 
 @pytest.mark.slow

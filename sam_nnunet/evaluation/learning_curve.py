@@ -480,7 +480,8 @@ def command_line(s: CurveSettings) -> str:
             args += [flag, str(value)]
     if s.prediction_processes != 1:
         args += ["--prediction-processes", str(s.prediction_processes)]
-    args += ["--device", s.device] + ["--cache-build-first"] * s.cache_build_first + ["--disable-tta"] * s.disable_tta + ["--allow-random-init"] * s.allow_random_init
+    args += ["--device", s.device] + ["--cache-build-first"] * s.cache_build_first
+    args += ["--disable-tta"] * s.disable_tta + ["--allow-random-init"] * s.allow_random_init
     return "sam-nnunet learning-curve " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -525,15 +526,16 @@ def markdown_table(result: Dict) -> str:
              "", f"Per label ({' / '.join(labels)}): Dice, NSD@{s['tolerance']:g}mm, HD95 (mm). "
                  "*Set-up counted*: the same budget counted from the start of the training (set-up, e.g. the "
                  "embedding-cache build, inside it); [cacheK-first]: K copies per case, the cache built before the "
-                 "budget's first clock starts (else filled as drawn, inside it); where it stopped at most 1 % of the iterations earlier, its Dice "
-                 "is the final checkpoint's (not predicted again).", "",
+                 "budget's first clock starts (else filled as drawn, inside it); where it stopped at most 1 % of "
+                 "the iterations earlier, its Dice is the final checkpoint's (not predicted again).", "",
              "| trainer | encoder | clicks | n | seed | iterations | Dice | NSD | HD95 | wall s | set-up s (cache) | "
              "iterations, set-up counted | Dice, set-up counted |",
              "|---|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---|"]
     for r in runs:
         w = r.get("with_setup") or {}
         lines.append(
-            f"| {_shown_trainer(r)} | {r['encoder'] or '–'} | {r['clicks'] or 'auto'} | {r['n_train']} | {r['seed']} | "
+            f"| {_shown_trainer(r)} | {r['encoder'] or '–'} | {r['clicks'] or 'auto'} | {r['n_train']} | "
+            f"{r['seed']} | "
             f"{r['iterations']} | {_labels(r['dice'], 3)} | {_labels(r['nsd'], 3)} | {_labels(r['hd95'], 2)} | "
             f"{_fmt(r['wall_seconds'], 0)} | {_fmt(r['setup_seconds'], 1)} ({_fmt(r['cache_build_seconds'], 1)}) | "
             f"{w.get('iterations', '–')} | {_labels(w.get('dice'), 3)} |")
