@@ -54,7 +54,7 @@ def _cmd_interaction(args) -> None:
                                       args.chk, not args.tta, args.o, args.label)
     except (ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
-    from sam_nnunet.evaluation.interaction import interaction_table, write_interaction_chart
+    from sam_nnunet.evaluation.report import interaction_table, write_interaction_chart
 
     table = interaction_table(result)
     stem = os.path.splitext(args.o)[0]

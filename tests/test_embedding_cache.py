@@ -182,12 +182,18 @@ def test_under_a_time_budget_the_cache_can_be_built_first(synthetic_dataset, cac
     # the reading of a budget that leaves the one-off build out (trainers.budget times it as set-up)
     cached.setenv("nnUNet_SAM_time_budget_seconds", "60")
     cached.setenv("nnUNet_SAM_cache_build_first", "1")
-    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset)
+    # fold "all": every case is a training and a validation case, and each pool has its own copies (augmented /
+    # validation transforms), none read for the other
+    trainer = make_trainer(ZAP25DSAMTrainer, synthetic_dataset, fold="all")
     trainer.initialize()
     loaders = trainer.get_dataloaders()
-    cases = sum(len(dataset.identifiers) for _, dataset, _, _ in trainer.embedding_cache_sources())
-    assert len(_entries(trainer.embedding_cache().folder)) == 2 * cases  # nnUNet_SAM_cache_copies=2
+    (_, training, _, _), (_, validation, _, _) = trainer.embedding_cache_sources()
+    assert set(training.identifiers) == set(validation.identifiers)
+    files = _entries(trainer.embedding_cache().folder)
+    assert len(files) == 2 * 2 * len(training.identifiers)  # nnUNet_SAM_cache_copies=2, two pools
+    assert len([f for f in files if f.endswith(".validation.pt")]) == 2 * len(validation.identifiers)
     assert all(loader.fill is None for loader in loaders)
+    assert not set(loaders[0].entries[training.identifiers[0]]) & set(loaders[1].entries[training.identifiers[0]])
 
 
 def test_the_weights_hash_covers_every_tensor_batchnorm_counters_included():

@@ -18,6 +18,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from sam_nnunet import settings
+from sam_nnunet.encoders.registry import ENCODERS
+from sam_nnunet.evaluation.machine import describe_machine
+from sam_nnunet.evaluation.report import markdown_table, update_document, write_charts
+from sam_nnunet.info import find_trainer_class
 from sam_nnunet.nnunet_env import required_environment
 
 DEFAULT_CLICKS = (1, 3, 10)
@@ -116,9 +120,6 @@ def encoder_for(s: BenchmarkSettings, trainer: str) -> Dict[str, Optional[str]]:
 def _adapts(trainer: str, encoder: str) -> bool:
     """Whether a sam-nnunet trainer adapts this encoder's family (True for a trainer or encoder we do not know: the
     run says what is wrong)."""
-    from sam_nnunet.encoders.registry import ENCODERS
-    from sam_nnunet.info import find_trainer_class
-
     cls = find_trainer_class(trainer)
     if cls is None or encoder not in ENCODERS:
         return True
@@ -250,9 +251,6 @@ def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
 def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress: bool = True) -> dict:
     """Run every trainer, write benchmark.json, benchmark.md and the charts into ``s.output_dir``; with ``doc``
     also replace the generated block of that Markdown file. Returns the result dict."""
-    from sam_nnunet.evaluation.machine import describe_machine
-    from sam_nnunet.evaluation.report import markdown_table, update_document, write_charts
-
     s.resolve()
     check_inputs(s)
     os.makedirs(s.output_dir, exist_ok=True)

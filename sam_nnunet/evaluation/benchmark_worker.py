@@ -35,12 +35,16 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.evaluation.evaluate import evaluate_folders
 from sam_nnunet.evaluation.interaction import evaluate_interaction
+from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
+from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
+from sam_nnunet.trainers.prompted import PromptedTrainerMixin
 
 
 class Progress:
     """Appends one JSON line per update to a file the benchmark polls: {"stage", "done", "total"}."""
-
     def __init__(self, path: str) -> None:
         self.path = path
 
@@ -215,9 +219,6 @@ def predict_and_evaluate(spec: dict, trained: dict, progress: Progress) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    from sam_nnunet.evaluation.evaluate import evaluate_folders
-    from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
-
     device = torch.device(spec["device"])
     predictor = SafeCheckpointPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["mirroring"],
                                         perform_everything_on_device=device.type == "cuda", device=device,
@@ -262,15 +263,11 @@ def predict_and_evaluate(spec: dict, trained: dict, progress: Progress) -> dict:
 
 def is_prompted(trainer_class: type) -> bool:
     """Trainers whose network takes clicks: those built with PromptedTrainerMixin."""
-    from sam_nnunet.trainers.prompted import PromptedTrainerMixin
-
     return issubclass(trainer_class, PromptedTrainerMixin)
 
 
 def evaluate_clicks(spec: dict, trained: dict, keys: List[str], progress: Progress) -> dict:
     """The validation cases ``keys`` with N simulated clicks per class, for each N of ``spec["clicks"]``."""
-    from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
-
     counts = list(spec["clicks"])
     tiles = spec["click_tiles"] or paper_tiles(spec["trainer"])
     progress("clicks", 0, 1)
@@ -325,7 +322,6 @@ def main(spec_file: str, result_file: str, progress_file: str) -> int:
             result["interaction"] = evaluate_interactions(spec, result, result["prediction"]["cases"], progress)
         result["status"] = "ok"
     except BaseException as e:  # noqa: B902 - reported to the benchmark, which goes on with the next trainer
-        from sam_nnunet.errors import UserFacingExit
         message = e.message if isinstance(e, UserFacingExit) else f"{type(e).__name__}: {e}".strip()
         result = {"status": "failed", "error": message,
                   "traceback": traceback.format_exc()}

@@ -30,8 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sam_nnunet import settings
+from sam_nnunet.evaluation.evaluate import evaluate
 from sam_nnunet.evaluation.machine import describe_machine, machine_line
+from sam_nnunet.evaluation.prompted import paper_tiles
+from sam_nnunet.info import find_trainer_class
 from sam_nnunet.nnunet_env import required_environment
+from sam_nnunet.trainers.budget import RECORD_FILE
+from sam_nnunet.trainers.checkpoints import atomic_write
+from sam_nnunet.trainers.prompted import PromptedTrainerMixin
 
 BASELINE = "nnUNetTrainerShortRun"  # nnUNetTrainer + the budget (trainers.short_run); shown as nnUNetTrainer
 DEFAULT_TRAINERS = (BASELINE, "ZAP25DSAMTrainer:litemedsam", "ZAP25DSAMTrainer_prompted:litemedsam")
@@ -243,9 +249,6 @@ def display_name(trainer: str) -> str:
 
 
 def is_prompted(trainer: str) -> bool:
-    from sam_nnunet.info import find_trainer_class
-    from sam_nnunet.trainers.prompted import PromptedTrainerMixin
-
     cls = find_trainer_class(trainer)
     return cls is not None and issubclass(cls, PromptedTrainerMixin)
 
@@ -267,8 +270,6 @@ def run_key(trainer: str, encoder: Optional[str], n: int, seed: int, clicks: int
 def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, plans: str, env: Dict[str, str],
           log: str) -> Dict:
     """nnUNetv2_train ... all with the budget (once: a finished training, checkpoint and budget record, is kept)."""
-    from sam_nnunet.trainers.budget import RECORD_FILE
-
     model = os.path.join(env["nnUNet_results"], dataset, f"{trainer}__{plans}__{s.configuration}")
     fold = os.path.join(model, "fold_all")
     record_file = os.path.join(fold, RECORD_FILE)
@@ -307,9 +308,6 @@ def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, 
 def predict_and_score(s: CurveSettings, trainer: str, trained: Dict, dataset: str, plans: str, test_folder: str,
                       clicks: int, checkpoint: str, out: str, env: Dict[str, str], log: str) -> Dict:
     """Predict the test images with one checkpoint (automatic, or N simulated clicks) and score them."""
-    from sam_nnunet.evaluation.evaluate import evaluate
-    from sam_nnunet.evaluation.prompted import paper_tiles
-
     images, labels = os.path.join(test_folder, "imagesTs"), os.path.join(test_folder, "labelsTs")
     tta = ["--disable_tta"] if s.disable_tta else []
     start = time.time()
@@ -496,12 +494,8 @@ def _load(path: str) -> Optional[Dict]:
 
 def _atomic_json(path: str, data) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -577,17 +571,15 @@ def write_chart(result: Dict, path: str) -> None:
     if series:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.partial.png"
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_outputs(result: Dict, json_path: str) -> None:
     """The JSON (atomically), then the table and the chart beside it."""
     _atomic_json(json_path, result)
     base = os.path.splitext(json_path)[0]
-    with open(base + ".md.partial", "w") as f:
-        f.write(markdown_table(result))
-    os.replace(base + ".md.partial", base + ".md")
+    with atomic_write(base + ".md") as f:
+        f.write(markdown_table(result).encode())
     write_chart(result, base + ".png")

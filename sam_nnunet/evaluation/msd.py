@@ -9,6 +9,7 @@ only appended ``_0000`` to the image names), so this command only checks the pre
 dataset (every test case present, geometry, label values) and copies them into ``<output>/TaskXX_Name/``;
 ``--zip`` packs every task folder of ``<output>`` into the archive. Run it once per task into the same folder.
 """
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from sam_nnunet.synthetic import synthetic_case, write_image
 
 MSD_ENDING = ".nii.gz"
 
@@ -132,10 +135,6 @@ def make_synthetic_msd_task(out_parent: str, task: str = "Task98_SAMDemo", num_t
     """A Decathlon-layout task (imagesTr, labelsTr, imagesTs, dataset.json with modality / labels / training /
     test) of synthetic volumes, for the Decathlon workflow without Decathlon data; the test labels go to labelsTs
     (not part of a real task) so that the test predictions can be evaluated. Returns the task folder."""
-    import json as _json
-
-    from sam_nnunet.demo import _write, synthetic_case
-
     folder = os.path.join(out_parent, task)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
@@ -146,8 +145,8 @@ def make_synthetic_msd_task(out_parent: str, task: str = "Task98_SAMDemo", num_t
         image, label = synthetic_case(rng)
         name = f"{prefix}_{i:03d}.nii.gz"
         split = "Tr" if i < num_train else "Ts"
-        _write(image, os.path.join(folder, f"images{split}", name), (1.0, 1.0, 1.0))
-        _write(label, os.path.join(folder, f"labels{split}", name), (1.0, 1.0, 1.0))
+        write_image(image, os.path.join(folder, f"images{split}", name), (1.0, 1.0, 1.0))
+        write_image(label, os.path.join(folder, f"labels{split}", name), (1.0, 1.0, 1.0))
         if split == "Tr":
             training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         else:
@@ -157,5 +156,5 @@ def make_synthetic_msd_task(out_parent: str, task: str = "Task98_SAMDemo", num_t
             "labels": {"0": "background", "1": "anterior", "2": "posterior"},
             "numTraining": num_train, "numTest": num_test, "training": training, "test": test}
     with open(os.path.join(folder, "dataset.json"), "w") as f:
-        _json.dump(meta, f, indent=2)
+        json.dump(meta, f, indent=2)
     return folder

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, maybe_mkdir_p
 
+from sam_nnunet.evaluation.evaluate import evaluate_folders
+from sam_nnunet.info import find_trainer_class
 from sam_nnunet.prompts.geometry import array_index_to_preprocessed
 from sam_nnunet.prompts.predict import clicks_record, label_names, load_prompted_predictor
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
@@ -22,8 +24,6 @@ from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 def paper_tiles(trainer_name: str) -> str:
     """The test protocol of the paper a prompted trainer follows (``paper_click_tiles``), else "all"."""
-    from sam_nnunet.info import find_trainer_class
-
     return getattr(find_trainer_class(trainer_name), "paper_click_tiles", "all")
 
 
@@ -52,8 +52,6 @@ def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    from sam_nnunet.evaluation.evaluate import evaluate_folders
 
     if str(fold) == "all":
         raise ValueError("fold 'all' has no validation cases; evaluate a cross-validation fold")

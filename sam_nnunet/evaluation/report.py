@@ -117,22 +117,62 @@ def interaction_rows_table(result: Dict) -> List[str]:
     runs = [r for r in result["runs"] if r.get("status") == "ok" and (r.get("interaction") or {}).get("rows")]
     if not runs:
         return []
-    rounds = max(row["round"] for r in runs for row in r["interaction"]["rows"])
-    lines = ["", "Interaction (`sam-nnunet interaction`'s protocol) on the same cases: a first prompt from the "
-             "reference (box: each class's bounding box; clicks: one per class; box+clicks), then correction rounds, "
-             "each a click at the centre of the largest error, the previous prediction as mask prompt. Foreground "
-             "mean Dice per round; *zero-shot*: the pretrained weights alone, the baseline training has to beat.", "",
-             "| Trainer | Weights | Prompt | " + " | ".join(f"round {k}" for k in range(rounds + 1)) + " |",
-             "|---|---|---|" + "---|" * (rounds + 1)]
-    for run in runs:
-        series: Dict[tuple, Dict[int, Optional[float]]] = {}
-        for row in run["interaction"]["rows"]:
-            series.setdefault((row["trained"], row["prompt"]), {})[row["round"]] = row["dice"]
-        for (trained, prompt), dice in sorted(series.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
-            cells = [_num(dice[k], 4) if k in dice else "" for k in range(rounds + 1)]
-            lines.append(f"| {run['trainer']} | {'trained' if trained else 'zero-shot'} | {prompt} | "
-                         + " | ".join(cells) + " |")
-    return lines
+    merged = {"rows": [row for r in runs for row in r["interaction"]["rows"]],
+              "rounds_to_target": {k: v for r in runs for k, v in r["interaction"].get("rounds_to_target", {}).items()},
+              "target_dice": runs[0]["interaction"].get("target_dice", 0.9)}
+    return ["", "Interaction (`sam-nnunet interaction`'s protocol) on the same cases: a first prompt from the "
+            "reference (box: each class's bounding box; clicks: one per class; box+clicks), then correction rounds, "
+            "each a click at the centre of the largest error, the previous prediction as mask prompt. Foreground "
+            "mean Dice per round; *zero-shot*: the pretrained weights alone, the baseline training has to beat.", "",
+            interaction_table(merged, weights=("trained", "zero-shot")).rstrip("\n")]
+
+
+def interaction_series(result: dict) -> Dict[tuple, List[tuple]]:
+    """{(trainer, trained, prompt): [(round, dice), ...]} of the rows."""
+    series: Dict[tuple, List[tuple]] = {}
+    for row in result["rows"]:
+        series.setdefault((row["trainer"], row["trained"], row["prompt"]), []).append((row["round"], row["dice"]))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def interaction_table(result: dict, weights: tuple = ("yes", "no (zero-shot)")) -> str:
+    """Markdown: one line per trainer / trained / prompt, Dice per round, rounds to the target Dice; ``weights``
+    names a trained row and a zero-shot one."""
+    series = interaction_series(result)
+    rounds = max((r for points in series.values() for r, _ in points), default=0)
+    head = ["trainer", "trained", "prompt"] + [f"round {r}" for r in range(rounds + 1)] + [
+        f"rounds to Dice {result.get('target_dice', 0.9):g}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (trainer, trained, prompt), points in series.items():
+        dice = dict(points)
+        cells = [trainer, weights[0] if trained else weights[1], prompt] + [
+            "" if dice.get(r) is None else f"{dice[r]:.3f}" for r in range(rounds + 1)]
+        target = result.get("rounds_to_target", {}).get(trainer, {}).get(prompt)
+        lines.append("| " + " | ".join(cells + ["" if target is None else f"{target:.1f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_interaction_chart(result: dict, path: str) -> str:
+    """Dice against interaction round, one line per trainer / trained / prompt (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (trainer, trained, prompt), points in interaction_series(result).items():
+        xs = [r for r, d in points if d is not None]
+        ax.plot(xs, [d for _, d in points if d is not None], marker="o",
+                label=f"{trainer}{'' if trained else ' (zero-shot)'}: {prompt}")
+    ax.set_xlabel("correction round (0 = first prompt)")
+    ax.set_ylabel("Dice (foreground mean)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Interactive segmentation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_charts(result: Dict, output_dir: str) -> List[str]:

@@ -46,7 +46,7 @@ from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.zap25d import CachedEmbeddings
 from sam_nnunet.trainers.checkpoints import atomic_torch_save
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: validation copies named apart from training copies (1 read one for the other across folds)
 DEFAULT_COPIES = 4
 
 
@@ -78,15 +78,18 @@ def case_fingerprint(folder: str, identifier: str) -> str:
 
 
 class EmbeddingCache:
-    """The folder of one cache key: entries ``<case>__<fingerprint>__<copy>.pt`` and ``key.json``."""
+    """The folder of one cache key: entries ``<case>__<fingerprint>__<copy>.pt`` (validation copies:
+    ``...<copy>.validation.pt``) and ``key.json``."""
 
     def __init__(self, root: str, key: Dict) -> None:
         self.key = key
         self.digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = join(root, self.digest)
 
-    def path(self, case: str, fingerprint: str, copy: int) -> str:
-        return join(self.folder, f"{case}__{fingerprint}__{copy}.pt")
+    def path(self, case: str, fingerprint: str, copy: int, pool: str = "training") -> str:
+        # a case is a training case in one fold and a validation case in another (in fold "all" both): the two
+        # pools' copies (augmented / validation transforms) must not be read for one another
+        return join(self.folder, f"{case}__{fingerprint}__{copy}{'' if pool == 'training' else '.' + pool}.pt")
 
     def prepare(self) -> None:
         maybe_mkdir_p(self.folder)
@@ -179,7 +182,7 @@ def build_cache(cache: EmbeddingCache, network, dataset, fingerprints: Dict[str,
     """Encode the missing copies of every case of ``dataset`` into ``cache``; returns {case: [entry paths]}.
     Checks the free disk space after the first new entry."""
     cache.prepare()
-    entries = {c: [cache.path(c, fingerprints[c], k) for k in range(copies)] for c in dataset.identifiers}
+    entries = {c: [cache.path(c, fingerprints[c], k, what) for k in range(copies)] for c in dataset.identifiers}
     missing = {c: [k for k, p in enumerate(paths) if not os.path.isfile(p)] for c, paths in entries.items()}
     missing = {c: ks for c, ks in missing.items() if ks}
     todo = sum(len(ks) for ks in missing.values())
@@ -324,7 +327,8 @@ class EmbeddingCacheMixin:
         loaders = []
         for what, dataset, size, transforms in sources:
             fingerprints = {c: case_fingerprint(folder, c) for c in dataset.identifiers}
-            entries = {c: [cache.path(c, fingerprints[c], k) for k in range(copies)] for c in dataset.identifiers}
+            entries = {c: [cache.path(c, fingerprints[c], k, what) for k in range(copies)]
+                       for c in dataset.identifiers}
             fill = None
             if as_drawn:
                 fill = filler(cache, self.sam_network, dataset, entries, size, patch, self.label_manager,
