@@ -150,6 +150,24 @@ def test_update_doc_needs_markers(tmp_path):
         update_document(str(doc), "table", [], str(doc))
 
 
+def test_a_missing_doc_is_refused_before_any_training(tmp_path, monkeypatch):
+    import sam_nnunet.evaluation.benchmark as benchmark
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trainer ran before the --update-doc page was checked")
+
+    monkeypatch.setattr(benchmark, "check_inputs", lambda s: None)
+    monkeypatch.setattr(benchmark, "run_one", no_training)
+    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", trainers=["nnUNetTrainer"],
+                          output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="no such file"):
+        benchmark.run_benchmark(s, doc=str(tmp_path / "missing.md"), show_progress=False)
+    (tmp_path / "plain.md").write_text("# no markers\n")
+    with pytest.raises(ValueError, match="generated block"):
+        benchmark.run_benchmark(s, doc=str(tmp_path / "plain.md"), show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_encoder_for_all_goes_to_the_trainers_of_its_family():
     from sam_nnunet.evaluation.benchmark import encoder_for
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 from sam_nnunet import settings
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.evaluation.machine import describe_machine
-from sam_nnunet.evaluation.report import markdown_table, update_document, write_charts
+from sam_nnunet.evaluation.report import check_document, markdown_table, update_document, write_charts
 from sam_nnunet.info import find_trainer_class
 from sam_nnunet.nnunet_env import required_environment
 
@@ -253,6 +253,8 @@ def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress
     also replace the generated block of that Markdown file. Returns the result dict."""
     s.resolve()
     check_inputs(s)
+    if doc:
+        check_document(doc)
     os.makedirs(s.output_dir, exist_ok=True)
     runs = [run_one(s, trainer, i, show_progress) for i, trainer in enumerate(s.trainers)]
     result = {"settings": asdict(s), "machine": describe_machine(),

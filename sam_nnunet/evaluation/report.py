@@ -234,13 +234,23 @@ def write_charts(result: Dict, output_dir: str) -> List[str]:
     return paths
 
 
-def update_document(doc_path: str, table: str, chart_paths: List[str], json_path: str) -> None:
-    """Replace the generated block of ``doc_path`` (between DOC_BEGIN and DOC_END) with the table and the charts,
-    copied into ``<doc folder>/benchmarks/``."""
+def check_document(doc_path: str) -> str:
+    """The text of a page ``update_document`` can update; ValueError naming the fix otherwise. Called before a
+    benchmark starts, so a wrong ``--update-doc`` does not surface only after hours of training."""
+    if not os.path.isfile(doc_path):
+        raise ValueError(f"--update-doc {doc_path}: no such file; give an existing Markdown page holding the two "
+                         f"lines\n{DOC_BEGIN}\n{DOC_END}\n(or leave --update-doc out: benchmark.md is written anyway)")
     with open(doc_path) as f:
         text = f.read()
     if DOC_BEGIN not in text or DOC_END not in text:
         raise ValueError(f"{doc_path} has no generated block; it needs the two lines\n{DOC_BEGIN}\n{DOC_END}")
+    return text
+
+
+def update_document(doc_path: str, table: str, chart_paths: List[str], json_path: str) -> None:
+    """Replace the generated block of ``doc_path`` (between DOC_BEGIN and DOC_END) with the table and the charts,
+    copied into ``<doc folder>/benchmarks/``."""
+    text = check_document(doc_path)
     asset_dir = os.path.join(os.path.dirname(os.path.abspath(doc_path)), "benchmarks")
     os.makedirs(asset_dir, exist_ok=True)
     images = []
