@@ -56,9 +56,22 @@ def test_frozen_and_trainable_parts():
     assert not any(n.startswith("vit.neck") for n, _ in net.named_parameters())
 
 
-def test_deep_supervision_is_refused():
-    with pytest.raises(ValueError, match="no multi-scale heads"):
-        SAMAdapterNetwork(1, 2, "vit_test", deep_supervision=True)
+def test_deep_supervision_is_refused_by_every_single_head_network():
+    from sam_nnunet.networks.sam2_3dmed import SAM2_3dMedNetwork
+    from sam_nnunet.networks.sam3dmed import SAM3DMedNetwork
+    from sam_nnunet.networks.sam_adapter_prompted import SAMAdapterPromptedNetwork
+    from sam_nnunet.networks.zap25d import ZAP25DNetwork
+    from sam_nnunet.networks.zap25d_prompted import ZAP25DPromptedNetwork
+
+    for cls, encoder in ((SAMAdapterNetwork, "vit_test"), (SAMAdapterPromptedNetwork, "vit_test"),
+                         (ZAP25DNetwork, "vit_test"), (ZAP25DPromptedNetwork, "vit_test"),
+                         (SAM2_3dMedNetwork, "sam2_test")):
+        assert not cls.supports_deep_supervision
+        with pytest.raises(ValueError, match=f"{cls.__name__} has no multi-scale heads"):
+            cls(1, 2, encoder, deep_supervision=True)
+    # the one multi-scale network takes the flag through the same base
+    assert SAM3DMedNetwork.supports_deep_supervision
+    assert SAM3DMedNetwork(1, 2, "vit_test", deep_supervision=True).decoder.deep_supervision
 
 
 def test_pretrained_weights_and_provenance(tiny_sam_checkpoint):

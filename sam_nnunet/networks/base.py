@@ -19,8 +19,14 @@ class SAMNetworkBase(nn.Module):
     (``_extra_state``), so it is saved in every nnU-Net checkpoint and travels with exported models.
     """
 
-    def __init__(self, encoder: str) -> None:
+    #: logits at several decoder levels, as nnU-Net's deep supervision needs; the others have one full-resolution
+    #: head and refuse the flag nnU-Net passes them
+    supports_deep_supervision = False
+
+    def __init__(self, encoder: str, deep_supervision: bool = False) -> None:
         super().__init__()
+        if deep_supervision and not self.supports_deep_supervision:
+            raise ValueError(f"{type(self).__name__} has no multi-scale heads; build it with deep_supervision=False")
         self.encoder_name = encoder
         self.pretrained_info: Dict[str, Optional[str]] = {"encoder": encoder, "checkpoint": None, "sha256": None}
 

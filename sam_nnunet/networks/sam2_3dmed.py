@@ -56,9 +56,7 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "sam2.1_hiera_t", regions: bool = False,
                  upsample: float = 4.0, max_image_size: int = 1024, deep_supervision: bool = False) -> None:
-        super().__init__(encoder)
-        if deep_supervision:
-            raise ValueError("SAM2_3dMedNetwork has no multi-scale heads; build it with deep_supervision=False")
+        super().__init__(encoder, deep_supervision)
         if encoder not in SAM2_CONFIGS:
             raise ValueError(f"SAM2_3dMedNetwork adapts SAM 2 ({', '.join(SAM2_CONFIGS)}); got {encoder!r}")
         self.regions = bool(regions)

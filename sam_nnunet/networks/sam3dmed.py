@@ -105,11 +105,13 @@ class SAM3DMedNetwork(SAMNetworkBase):
       deep_supervision: return logits at every decoder level (finest first), as nnU-Net's deep supervision needs.
     """
 
+    supports_deep_supervision = True
+
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b",
                  level_strides: Sequence[Sequence[int]] = DEFAULT_LEVEL_STRIDES, local_window: int = 8,
                  global_window: int = 16, depth_positions: int = 32, adapter_ratio: float = 0.25,
                  deep_supervision: bool = False) -> None:
-        super().__init__(encoder)
+        super().__init__(encoder, deep_supervision)
         if encoder not in SAM_VIT_CONFIGS:
             raise ValueError(f"SAM3DMedNetwork adapts a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}); got {encoder!r}")
         self.level_strides = [tuple(int(f) for f in factor) for factor in level_strides]

@@ -49,9 +49,7 @@ class SAMAdapterNetwork(SAMNetworkBase):
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
                  depth_positions: int = 32, deep_supervision: bool = False) -> None:
-        super().__init__(encoder)
-        if deep_supervision:
-            raise ValueError("SAMAdapterNetwork has no multi-scale heads; build it with deep_supervision=False")
+        super().__init__(encoder, deep_supervision)
         if encoder not in SAM_VIT_CONFIGS:
             raise ValueError(f"SAMAdapterNetwork adapts a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}); got {encoder!r}")
         cfg = SAM_VIT_CONFIGS[encoder]

@@ -151,9 +151,7 @@ class ZAP25DNetwork(SAMNetworkBase):
                  pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,
                  checkpoint_decoder: bool = True, plane_layout: int = PLANE_LAYOUT,
                  deep_supervision: bool = False) -> None:
-        super().__init__(encoder)
-        if deep_supervision:
-            raise ValueError("ZAP25DNetwork has no multi-scale heads; build it with deep_supervision=False")
+        super().__init__(encoder, deep_supervision)
         if plane_layout not in PLANE_LAYOUTS:
             raise ValueError(f"ZAP25DNetwork: unknown plane_layout {plane_layout!r}; known: {sorted(PLANE_LAYOUTS)}")
         num_masks = num_classes - 1 if background_channel else num_classes
