@@ -293,7 +293,6 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
         return [part for part in parts if part]
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        # networks with multi-scale heads expose decoder.deep_supervision; the others have one head only
-        decoder = getattr(self.sam_network, "decoder", None)
-        if decoder is not None and hasattr(decoder, "deep_supervision"):
-            decoder.deep_supervision = enabled
+        # only a network that declares multi-scale heads (SAMNetworkBase.supports_deep_supervision) switches them
+        if self.sam_network.supports_deep_supervision:
+            self.sam_network.decoder.deep_supervision = enabled
