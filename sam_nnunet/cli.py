@@ -73,8 +73,8 @@ def _cmd_demo(args) -> None:
 def _cmd_predict_prompted(args) -> None:
     import torch
 
-    from sam_nnunet.prompts.predict import predict_prompted
-    from sam_nnunet.prompts.prompt_file import PromptFileError
+    from sam_nnunet.inference.predict import predict_prompted
+    from sam_nnunet.inference.prompt_file import PromptFileError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserFacingExit("-device cuda but no CUDA device is available; use -device cpu")
@@ -104,7 +104,7 @@ def _cmd_plan_and_preprocess(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from sam_nnunet.evaluation.evaluate import evaluate
+    from sam_nnunet.metrics.evaluate import evaluate
     try:
         summary = evaluate(args.ref, args.pred, args.output, args.labels, args.tolerance, args.dataset_json,
                            args.plans, args.num_processes, args.chill)
@@ -180,15 +180,14 @@ def _cmd_msd_submission(args) -> None:
         print(f"Submission archive: {done['zip']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print the exports nnU-Net needs to find our trainers: eval \"$(sam-nnunet env)\"")
     p.add_argument("--data-dir", default=None,
                    help="also export nnUNet_raw / nnUNet_preprocessed / nnUNet_results under this folder")
     p.set_defaults(func=_cmd_env)
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="list trainers and encoders, or the parameter counts of one trainer")
     p.add_argument("--trainer", default=None)
     p.add_argument("--encoder", default=None)
@@ -197,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_make_demo_dataset(sub) -> None:
     p = sub.add_parser("make-demo-dataset", help="write a small synthetic nnU-Net raw dataset")
     p.add_argument("-o", "--output", required=True, help="nnUNet_raw folder to write into")
     p.add_argument("--dataset-id", type=int, default=990)
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_demo_dataset)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end to end through the stock nnU-Net CLI: data, plan, train, predict, evaluate")
     p.add_argument("--work-dir", default="demo_output")
     p.add_argument("--msd", default=None, help="a Medical Segmentation Decathlon Task folder (default: synthetic)")
@@ -215,12 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_predict_prompted(sub) -> None:
     p = sub.add_parser("predict-prompted", help="nnU-Net prediction with 3D click prompts (a prompt file, or clicks "
                                                 "simulated from reference labels) for *_prompted trainers")
-    p.add_argument("-i", required=True, help="folder of images, nnU-Net naming (CASE_0000.nii.gz, ...)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-m", required=True, help="model folder (.../DatasetXXX/Trainer__Plans__Configuration)")
-    p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default 0)")
+    p.add_argument("--input", "-i", dest="i", required=True,
+                   help="folder of images, nnU-Net naming (CASE_0000.nii.gz, ...)")
+    p.add_argument("--output", "-o", dest="o", required=True, help="output folder")
+    p.add_argument("--model", "-m", dest="m", required=True,
+                   help="model folder (.../DatasetXXX/Trainer__Plans__Configuration)")
+    p.add_argument("--folds", "-f", dest="f", nargs="+", default=["0"], help="folds to ensemble (default 0)")
     p.add_argument("--prompts", default=None, help="prompt file (JSON; see documentation/prompts.md)")
     p.add_argument("--simulate-clicks", type=int, default=None, metavar="N",
                    help="instead of a prompt file: N positive clicks per class drawn from the --reference labels")
@@ -231,19 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "tiles with a click (ZAP-2.5DSAM's protocol); centred: one tile centred on the clicks "
                         "(3DSAM-adapter's protocol)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated clicks")
-    p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("-chk", default="checkpoint_final.pth")
-    p.add_argument("-step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true")
-    p.add_argument("--save_probabilities", action="store_true")
-    p.add_argument("-npp", type=int, default=2, help="processes for evaluation")
+    p.add_argument("--device", "-device", dest="device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--checkpoint-name", "-chk", dest="chk", default="checkpoint_final.pth")
+    p.add_argument("--step-size", "-step_size", dest="step_size", type=float, default=0.5)
+    p.add_argument("--disable-tta", "--disable_tta", dest="disable_tta", action="store_true")
+    p.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities", action="store_true")
+    p.add_argument("--num-processes", "-npp", dest="npp", type=int, default=2, help="processes for evaluation")
     p.set_defaults(func=_cmd_predict_prompted)
 
+
+def _add_interaction(sub) -> None:
     p = sub.add_parser("interaction", help="interactive segmentation protocol on a fold of a prompted model: Dice after "
                                            "a box / clicks and 1..N simulated correction rounds (interaction.json)")
-    p.add_argument("-m", required=True, help="model folder of ZAP25DSAMTrainer_prompted (its plans and dataset)")
-    p.add_argument("-f", default="0", help="fold: its checkpoint and validation cases (default 0)")
-    p.add_argument("-o", default="interaction.json", help="JSON to write; rows of other trainers in it are kept")
+    p.add_argument("--model", "-m", dest="m", required=True,
+                   help="model folder of ZAP25DSAMTrainer_prompted (its plans and dataset)")
+    p.add_argument("--fold", "-f", dest="f", default="0", help="fold: its checkpoint and validation cases (default 0)")
+    p.add_argument("--output", "-o", dest="o", default="interaction.json",
+                   help="JSON to write; rows of other trainers in it are kept")
     p.add_argument("--prompts", nargs="+", default=["box", "clicks", "box+clicks"],
                    choices=("box", "clicks", "box+clicks"), help="first prompts (default: all three)")
     p.add_argument("--rounds", type=int, default=5, help="correction rounds after the first prompt (default 5)")
@@ -258,40 +269,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the trainer's paper protocol (ZAP: clicked)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tta", action="store_true", help="nnU-Net's mirroring (off by default: 8x the cost)")
-    p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("--device", "-device", dest="device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--checkpoint-name", "-chk", dest="chk", default="checkpoint_final.pth")
     p.set_defaults(func=_cmd_interaction)
 
+
+def _add_plan_and_preprocess(sub) -> None:
     p = sub.add_parser("plan_and_preprocess",
                        help="nnUNetv2_plan_and_preprocess with a SAM-aware planner: writes nnUNetSAMPlans, sized for "
                             "our trainers (train with -p nnUNetSAMPlans)")
-    p.add_argument("-d", nargs="+", type=int, required=True, help="dataset IDs")
-    p.add_argument("-pl", default="SAMPlanner", help="planner class: SAMPlanner (default) or one of nnU-Net's")
-    p.add_argument("-tr", nargs="+", default=None,
+    p.add_argument("--datasets", "-d", dest="d", nargs="+", type=int, required=True, help="dataset IDs")
+    p.add_argument("--planner", "-pl", dest="pl", default="SAMPlanner",
+                   help="planner class: SAMPlanner (default) or one of nnU-Net's")
+    p.add_argument("--trainers", "-tr", dest="tr", nargs="+", default=None,
                    help="trainers to size the plans for; the first defines 3d_fullres, each further one gets "
                         "3d_fullres_<Trainer> (default: every sam-nnunet trainer, SAMAdapterTrainer first)")
-    p.add_argument("-encoder", nargs="+", default=None,
+    p.add_argument("--encoder", "-encoder", dest="encoder", nargs="+", default=None,
                    help="encoder(s) to size with; each trainer takes the first one it adapts (default: "
                         "nnUNet_SAM_encoder / nnUNet_SAM_checkpoint, else the trainer's default: vit_b, SAM 2: "
                         "sam2.1_hiera_t)")
-    p.add_argument("-gpu_memory_target", type=float, default=None,
+    p.add_argument("--gpu-memory-target", "-gpu_memory_target", dest="gpu_memory_target", type=float, default=None,
                    help="GB of tensor memory one training step may use (default 8, as nnU-Net)")
-    p.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to preprocess (default 3d_fullres)")
-    p.add_argument("-np", nargs="+", type=int, default=None,
+    p.add_argument("--configurations", "-c", dest="c", nargs="+", default=["3d_fullres"],
+                   help="configurations to preprocess (default 3d_fullres)")
+    p.add_argument("--num-processes", "-np", dest="np", nargs="+", type=int, default=None,
                    help="preprocessing processes, one number or one per configuration (nnU-Net's defaults)")
-    p.add_argument("-npfp", type=int, default=8, help="fingerprint extraction processes (default 8)")
-    p.add_argument("--verify_dataset_integrity", action="store_true")
+    p.add_argument("--num-processes-fingerprint", "-npfp", dest="npfp", type=int, default=8,
+                   help="fingerprint extraction processes (default 8)")
+    p.add_argument("--verify-dataset-integrity", "--verify_dataset_integrity", dest="verify_dataset_integrity",
+                   action="store_true")
     p.add_argument("--clean", action="store_true", help="extract the fingerprint again even if one exists")
-    p.add_argument("--no_pp", action="store_true", help="fingerprint and plan only")
-    p.add_argument("-overwrite_target_spacing", nargs=3, type=float, default=None,
+    p.add_argument("--no-preprocessing", "--no_pp", dest="no_pp", action="store_true", help="fingerprint and plan only")
+    p.add_argument("--overwrite-target-spacing", "-overwrite_target_spacing", dest="overwrite_target_spacing",
+                   nargs=3, type=float, default=None,
                    help="target spacing of 3d_fullres instead of nnU-Net's (e.g. 1 1 1 as in the SAM papers)")
-    p.add_argument("-overwrite_plans_name", default=None, help="plans name (default nnUNetSAMPlans)")
+    p.add_argument("--overwrite-plans-name", "-overwrite_plans_name", dest="overwrite_plans_name", default=None,
+                   help="plans name (default nnUNetSAMPlans)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_plan_and_preprocess)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice (nnU-Net's), NSD and HD95 per case and label: summary.json + CSV")
-    p.add_argument("-ref", required=True, help="folder of reference segmentations")
-    p.add_argument("-pred", required=True, help="folder of predictions (same file names)")
+    p.add_argument("--reference", "-ref", dest="ref", required=True, help="folder of reference segmentations")
+    p.add_argument("--prediction", "-pred", dest="pred", required=True, help="folder of predictions (same file names)")
     p.add_argument("-o", "--output", default=None, help="summary .json (default PRED/summary.json); the CSV "
                                                         "goes beside it")
     p.add_argument("-l", "--labels", nargs="+", default=None,
@@ -305,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chill", action="store_true", help="evaluate only the cases that have a prediction")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="compare trainers on the same plans, fold and budget: parameters, time, "
                                          "memory, Dice/NSD/HD95 (Markdown, JSON, charts)")
     p.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
@@ -344,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also replace the generated block of this file (documentation/benchmarks.md)")
     p.set_defaults(func=_cmd_benchmark)
 
+
+def _add_learning_curve(sub) -> None:
     p = sub.add_parser("learning-curve", help="test-set Dice against the number of training cases, every trainer on "
                                               "the same wall-clock budget through nnU-Net's CLI; resumable")
     p.add_argument("source", help="an MSD task folder (TaskXX_Name, converted with nnUNetv2_convert_MSD_dataset) "
@@ -387,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results JSON; the .md table and .png chart go beside it")
     p.set_defaults(func=_cmd_learning_curve)
 
+
+def _add_msd_submission(sub) -> None:
     p = sub.add_parser("msd-submission", help="check test-set predictions and lay them out as a Medical "
                                               "Segmentation Decathlon submission (TaskXX_Name/<case>.nii.gz, zip)")
     p.add_argument("-i", "--input", required=True, help="folder of predictions of the task's imagesTs "
@@ -397,6 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-name", default=None, help="task folder name (default: Dataset004_X -> Task04_X)")
     p.add_argument("--allow-missing", action="store_true", help="do not require a prediction for every test image")
     p.set_defaults(func=_cmd_msd_submission)
+
+
+# one function per command: each adds its subparser and its handler (``set_defaults(func=...)``)
+COMMANDS = (_add_env, _add_info, _add_make_demo_dataset, _add_demo, _add_predict_prompted, _add_interaction,
+            _add_plan_and_preprocess, _add_evaluate, _add_benchmark, _add_learning_curve, _add_msd_submission)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam-nnunet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     return parser
 
 

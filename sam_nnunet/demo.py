@@ -12,7 +12,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from sam_nnunet.encoders.registry import ENCODERS
+from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.synthetic import synthetic_case, write_image
+from sam_nnunet.trainers.registry import get_trainer_class
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SAMDemo"
@@ -82,8 +85,6 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
     nnUNet_SAM_allow_random_init=1 (said so). Returns the folder of
     predictions.
     """
-    from sam_nnunet.nnunet_env import required_environment
-
     env = dict(os.environ)
     env.update(required_environment(work_dir))
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
@@ -137,9 +138,6 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
 
 def _test_encoder(trainer: str) -> str:
     """The tiny random-weight encoder of a trainer's encoder family (vit_test for SAM ViT, sam2_test for SAM 2)."""
-    from sam_nnunet.encoders.registry import ENCODERS
-    from sam_nnunet.info import get_trainer_class
-
     try:
         families = get_trainer_class(trainer).encoder_families
     except ValueError:  # not one of ours (e.g. nnU-Net's own trainer): no encoder is used

@@ -1,32 +1,12 @@
 """What sam-nnunet offers and what each trainer costs in parameters (``sam-nnunet info``)."""
 import pydoc
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
 from sam_nnunet.encoders.pretrained import check_family
 from sam_nnunet.encoders.registry import ENCODERS, FAMILIES, get_encoder
-
-
-def trainer_classes() -> Dict[str, type]:
-    import sam_nnunet.trainers as trainers
-    return {name: getattr(trainers, name) for name in trainers.__all__ if name != "SAMTrainerBase"}
-
-
-def find_trainer_class(name: str) -> Optional[type]:
-    """A sam-nnunet trainer class by name, scale variants (``trainers.scales``, not in the registry) included; None
-    for any other name."""
-    import sam_nnunet.trainers.scales as scales
-
-    return trainer_classes().get(name) or (getattr(scales, name) if name in scales.__all__ else None)
-
-
-def get_trainer_class(name: str) -> type:
-    """``find_trainer_class``, refusing any other name."""
-    cls = find_trainer_class(name)
-    if cls is None:
-        raise ValueError(f"unknown trainer {name!r}; sam-nnunet trainers: {', '.join(trainer_classes())}")
-    return cls
+from sam_nnunet.trainers.registry import get_trainer_class, trainer_classes
 
 
 def parameter_counts(trainer: str, encoder: str, inputs: int, outputs: int) -> Dict:
@@ -39,7 +19,8 @@ def parameter_counts(trainer: str, encoder: str, inputs: int, outputs: int) -> D
         raise ValueError("--inputs and --outputs must be positive")
     network_class = pydoc.locate(cls.network_class)
     with torch.device("meta"):
-        net = network_class(input_channels=inputs, num_classes=outputs, encoder=encoder, **cls.network_kwargs)
+        net = network_class(input_channels=inputs, num_classes=outputs, encoder=encoder, **cls.encoder_kwargs(encoder),
+                            **cls.network_kwargs)
     report = net.parameter_report()
     return {"trainer": trainer, "encoder": encoder, "network": cls.network_class, "inputs": inputs,
             "outputs": outputs, **report, **getattr(net, "parameter_notes", lambda: {})()}

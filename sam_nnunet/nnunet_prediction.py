@@ -9,7 +9,7 @@ times with nnU-Net's half-tile steps), although its pseudo-slices do not depend 
 substitute: ``install`` wraps that one method, once. The wrapper hands the case to the network once per mirroring
 (nnU-Net's test-time augmentation: the same flips, averaged) when the network has ``predict_volume`` and the
 predictor keeps nnU-Net's tile loop; every other network, and a predictor subclass with its own tiles (the click
-predictor, ``sam_nnunet.prompts.predictor``), runs nnU-Net's code unchanged. Padding to the patch size, autocast on
+predictor, ``sam_nnunet.inference.predictor``), runs nnU-Net's code unchanged. Padding to the patch size, autocast on
 CUDA, the results device and the crop back are nnU-Net's.
 """
 import itertools

@@ -14,8 +14,8 @@ For each trainer, in a fresh process (its memory peak and torch.compile state ar
 3. predicts one validation case with ``nnUNetPredictor`` from the model folder the training wrote (the
    nnUNetv2_predict path: the network rebuilt from the folder's plans.json), twice, and times the second call;
 4. for sam-nnunet networks: compares the measured peak with SAMPlanner's estimate
-   (``sam_nnunet.planners.memory``, fp32, traced on fake tensors) and with the same network trained directly on the
-   device (two steps of ``memory.training_step``, fp32 and autocast).
+   (``sam_nnunet.trainers.training_memory``, fp32, traced on fake tensors) and with the same network trained
+   directly on the device (two steps of ``training_memory.training_step``, fp32 and autocast).
 
 A trainer whose run fails with torch.compile is run again with nnUNet_compile=f, and both results are reported.
 
@@ -80,7 +80,7 @@ def training_setup_of(trainer):
     """SAMPlanner's description of the trainer's training step (sam_nnunet networks only)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    from sam_nnunet.planners.memory import TrainingSetup
+    from sam_nnunet.trainers.training_memory import TrainingSetup
 
     cm = trainer.configuration_manager
     if not cm.network_arch_class_name.startswith("sam_nnunet."):
@@ -97,7 +97,7 @@ def measure_setup(setup, patch_size, batch_size: int, device, amp: bool, steps: 
     (parameters, batch, optimiser state included), above what was allocated before."""
     import torch
 
-    from sam_nnunet.planners.memory import training_step
+    from sam_nnunet.trainers.training_memory import training_step
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -265,7 +265,7 @@ def predict_one(spec: dict, result: dict) -> None:
 def compare_with_estimate(spec: dict, result: dict) -> None:
     import torch
 
-    from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
+    from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator, TrainingSetup
 
     setup = result.pop("setup", None)
     if setup is None:

@@ -2,11 +2,12 @@
 
     PYTHONPATH=. python scripts/planner_memory_report.py [--trainers T ...] [--real] [--default-malloc] [--first-step]
 
-Estimates are traced on fake tensors (sam_nnunet.planners.memory); measurements are the peak resident memory of a
-fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network, the trainer's
-own loss, deep supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three labels as in
-the MSD hippocampus). --real adds the real encoder sizes (ViT-B; ZAP also LiteMedSAM; SAM 2.1 Hiera-T for SAM2). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average
-is printed for the record.
+Estimates are traced on fake tensors (sam_nnunet.trainers.training_memory); measurements are the peak resident
+memory of a fresh process running two real CPU training steps (sam_nnunet.planners.measure). Both use the network,
+the trainer's own loss, deep supervision and optimiser the planner sizes for (1 mm spacing, one input channel, three
+labels as in the MSD hippocampus). --real adds the real encoder sizes (ViT-B; ZAP also LiteMedSAM; SAM 2.1 Hiera-T
+for SAM2). Memory does not depend on CPU contention, so the numbers are valid on a busy machine; the load average is
+printed for the record.
 """
 import argparse
 import os
@@ -15,8 +16,8 @@ import platform
 import torch
 
 from sam_nnunet.planners.measure import measure_training_memory
-from sam_nnunet.planners.memory import TrainingMemoryEstimator
 from sam_nnunet.planners.sam_planner import planned_method
+from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator
 
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}  # MSD hippocampus
 TINY = [((32, 32, 32), 2), ((40, 56, 40), 2), ((48, 48, 48), 2), ((64, 64, 64), 2)]

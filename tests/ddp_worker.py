@@ -23,7 +23,7 @@ def run_rank(rank: int, world_size: int, port: int, dataset: dict, plans_name: s
 
 def train_two_steps(rank: int, world_size: int, name: str, encoder: str, dataset: dict, plans_name: str) -> None:
     from helpers import make_trainer
-    from sam_nnunet.info import get_trainer_class
+    from sam_nnunet.trainers.registry import get_trainer_class
 
     os.environ["nnUNet_SAM_encoder"] = encoder
     trainer = make_trainer(get_trainer_class(name), dataset, plans_name=plans_name)

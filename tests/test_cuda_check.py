@@ -61,7 +61,7 @@ def test_planner_estimates_zap_with_litemedsam():
     # found on the GPU check: TinyViT's constructor calls .item(), which failed under the estimator's FakeTensorMode
     # (DataDependentOutputException), so SAMPlanner could not size ZAP25DSAMTrainer with LiteMedSAM
     from sam_nnunet.encoders.litemedsam import build_litemedsam_image_encoder
-    from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
+    from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator, TrainingSetup
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     setup = TrainingSetup("sam_nnunet.networks.zap25d.ZAP25DNetwork",

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
 from ddp_worker import run_rank
-from sam_nnunet.info import trainer_classes
+from sam_nnunet.trainers.registry import trainer_classes
 
 TIMEOUT_S = 300  # a rank waiting forever for a gradient that never comes is a failure, not a hung suite
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sam_nnunet.evaluation.evaluate import evaluate, evaluate_folders, parse_labels
-from sam_nnunet.evaluation.surface import image_diagonal_mm, surface_metrics
+from sam_nnunet.metrics.evaluate import evaluate, evaluate_folders, parse_labels
+from sam_nnunet.metrics.surface import image_diagonal_mm, surface_metrics
 
 SHAPE = (20, 32, 32)        # (z, y, x)
 SPACING = (3.0, 1.0, 0.5)   # mm per numpy axis (z, y, x): anisotropic

@@ -119,7 +119,7 @@ def test_predict_prompted_with_a_box_and_rounds(model_folder, synthetic_dataset,
     clicks.json (itself a valid prompt file)."""
     import SimpleITK as sitk
 
-    from sam_nnunet.prompts.prompt_file import load_prompts
+    from sam_nnunet.inference.prompt_file import load_prompts
 
     folder, _ = model_folder
     images = os.path.join(synthetic_dataset["raw"], "imagesTs")

@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
-from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
-from sam_nnunet.planners.methods import METHOD_PROFILES, MethodProfile, TokenGrid, get_method_profile
+from sam_nnunet.networks.sam_adapter import SAMAdapterNetwork
+from sam_nnunet.networks.token_grid import TokenGrid
 from sam_nnunet.planners.sam_planner import PlanningError, SAMPlanner, resolve_encoder
 from sam_nnunet.trainers.sam_adapter import SAMAdapterTrainer
+from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator, TrainingSetup
 
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 
 
 def adapter_grid(max_window: int = 8) -> TokenGrid:
-    return get_method_profile("SAMAdapterTrainer").grid({"max_window": max_window})
+    return SAMAdapterNetwork.token_grid({"max_window": max_window})
 
 
 def test_sam_adapter_grid_fits_tokens_and_windows():
@@ -74,13 +75,11 @@ class DictOutputTrainer(SAMAdapterTrainer):
 
 @pytest.fixture
 def second_method(monkeypatch):
-    import sam_nnunet.info as info
+    import sam_nnunet.trainers.registry as registry
 
-    classes = {**info.trainer_classes(), "SAMAdapterTrainer_w4": SAMAdapterTrainer_w4,
+    classes = {**registry.trainer_classes(), "SAMAdapterTrainer_w4": SAMAdapterTrainer_w4,
                "DictOutputTrainer": DictOutputTrainer}
-    monkeypatch.setattr(info, "trainer_classes", lambda: classes)
-    monkeypatch.setitem(METHOD_PROFILES, "SAMAdapterTrainer_w4",
-                        MethodProfile("SAMAdapterTrainer_w4", METHOD_PROFILES["SAMAdapterTrainer"].grid))
+    monkeypatch.setattr(registry, "trainer_classes", lambda: classes)
 
 
 def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_method):
@@ -134,7 +133,7 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
 def test_a_method_that_cannot_be_traced_is_a_planning_error(synthetic_dataset, second_method):
     planner = SAMPlanner(synthetic_dataset["dataset_id"], plans_name="nnUNetSAMPlans_untraceable",
                          trainers=["DictOutputTrainer"], encoder="vit_test")
-    with pytest.raises(PlanningError, match="DictOutputTrainer .* could not be traced .* planner profile"):
+    with pytest.raises(PlanningError, match="DictOutputTrainer .* could not be traced .* own _build_loss"):
         planner.size_configuration(planner.methods[0], (1.0, 1.0, 1.0), (36.0, 44.0, 36.0), 1e6)
 
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 from helpers import run_cli as run
 
-from sam_nnunet.info import trainer_classes
 from sam_nnunet.planners.plan_and_preprocess import default_trainers
 from sam_nnunet.planners.sam_planner import planned_method, variant_configuration_name
+from sam_nnunet.trainers.registry import trainer_classes
 
 ENCODERS = ["vit_test", "sam2_test"]  # each trainer is sized with (and trains) the one of its family
 TRAINERS = default_trainers()
@@ -30,7 +30,7 @@ TRAINERS = default_trainers()
 
 def recipe_variant_of(trainer: str):
     """The trainer whose network class ``trainer`` keeps, if it derives from one; else None."""
-    from sam_nnunet.info import trainer_classes
+    from sam_nnunet.trainers.registry import trainer_classes
 
     classes = trainer_classes()
     cls = classes[trainer]

@@ -21,7 +21,7 @@ LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the measurement reads /proc (Linux)")
 @pytest.mark.parametrize("trainer", list(RUNS))
 def test_estimate_within_25_percent_of_measured_peak(trainer):
-    from sam_nnunet.planners.memory import TrainingMemoryEstimator
+    from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator
 
     encoder, sizes = RUNS[trainer]
     method = planned_method(trainer, encoder)

@@ -1,12 +1,13 @@
 """SAMPlanner's knowledge of ZAP25DSAMTrainer and SAM2_3dMedTrainer: token grids (square SAM 2 frames), encoders,
-label-dependent network arguments, variants inheriting a profile, the trainer's own loss in the memory trace."""
+label-dependent network arguments, variants inheriting their method's rules, the trainer's own loss in the memory
+trace."""
 import pytest
 import torch
 
-from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
-from sam_nnunet.planners.methods import METHOD_PROFILES, profile_of_trainer_class
-from sam_nnunet.planners.sam_planner import SAMPlanner, planned_method, resolve_encoder
+from sam_nnunet.networks.token_grid import UNALIGNED_GRID
+from sam_nnunet.planners.sam_planner import PlannedMethod, SAMPlanner, planned_method, resolve_encoder
 from sam_nnunet.trainers import SAM2_3dMedTrainer, SAM2_3dMedTrainer_noAux, SAMAdapterTrainer, ZAP25DSAMTrainer
+from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator, TrainingSetup
 
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 HIPPOCAMPUS = ((1.0, 1.0, 1.0), (36.0, 50.0, 35.0))  # spacing, median shape
@@ -44,14 +45,18 @@ def test_label_dependent_arguments_are_planned_as_the_trainers_write_them():
     assert sam2.arch_kwargs((1.0, 1.0, 1.0), has_regions=True)["regions"] is True
 
 
-def test_variant_trainers_inherit_the_profile_of_their_method():
-    assert profile_of_trainer_class(SAM2_3dMedTrainer_noAux) is METHOD_PROFILES["SAM2_3dMedTrainer"]
-    assert profile_of_trainer_class(ZAP25DSAMTrainer) is METHOD_PROFILES["ZAP25DSAMTrainer"]
+def test_variant_trainers_inherit_the_rules_of_their_method():
+    kwargs = {"encoder": "sam2_test", "upsample": 4}
+    assert planned_method("SAM2_3dMedTrainer_noAux", "sam2_test").grid(kwargs) == \
+        planned_method("SAM2_3dMedTrainer", "sam2_test").grid(kwargs)
+    assert planned_method("ZAP25DSAMTrainer", "vit_test").declares_grid
 
     class OtherNetworkTrainer(SAMAdapterTrainer):  # another network: SAMAdapterTrainer's grid says nothing about it
         network_class = "planner_toys.FrozenStemNet"
 
-    assert profile_of_trainer_class(OtherNetworkTrainer) is None
+    other = PlannedMethod("OtherNetworkTrainer", OtherNetworkTrainer, "vit_test", OtherNetworkTrainer.network_class,
+                          {"encoder": "vit_test"})
+    assert not other.declares_grid and other.grid({}) is UNALIGNED_GRID
 
 
 def test_encoders_the_trainers_default_to(sam_env):
@@ -70,7 +75,7 @@ def test_the_trace_uses_the_trainers_own_loss():
 
     method = planned_method("SAM2_3dMedTrainer_noAux", "sam2_test")
     setup = method.training_setup(method.arch_kwargs((1.0, 1.0, 1.0)), 1, LABELS)
-    assert setup.trainer == "SAM2_3dMedTrainer_noAux"
+    assert setup.trainer == "sam_nnunet.trainers.sam2_3dmed.SAM2_3dMedTrainer_noAux"
     loss = setup.build_loss()
     assert isinstance(loss, SAM2_3dMedLoss) and loss.srpp_weight == 0 and loss.bd_weight == 0
     nnunet_loss = TrainingSetup(setup.network_class, setup.arch_kwargs, 1, LABELS).build_loss()
@@ -99,7 +104,9 @@ def test_a_constructor_that_reads_values_is_estimated_like_any_other():
 def test_prompted_trainers_are_traced_with_their_training_clicks():
     zap, adapter = (planned_method(t, "vit_test") for t in ("ZAP25DSAMTrainer_prompted", "SAMAdapterTrainer_prompted"))
     assert zap.clicks == (3, 0) and adapter.clicks == (10, 20)  # their click protocols: per class, anywhere
-    assert zap.profile is METHOD_PROFILES["ZAP25DSAMTrainer"] and adapter.profile is METHOD_PROFILES["SAMAdapterTrainer"]
+    kwargs = {"encoder": "vit_test"}
+    assert zap.grid(kwargs) == planned_method("ZAP25DSAMTrainer", "vit_test").grid(kwargs)
+    assert adapter.grid(kwargs) == planned_method("SAMAdapterTrainer", "vit_test").grid(kwargs)
     assert planned_method("ZAP25DSAMTrainer", "vit_test").clicks == (0, 0)
     setup = zap.training_setup(zap.arch_kwargs((1.0, 1.0, 1.0)), 1, LABELS)
     coords, labels = setup.make_clicks((16, 32, 24), 2)
@@ -117,7 +124,7 @@ def test_prompted_trainers_are_traced_with_their_training_clicks():
 def test_the_trace_counts_what_a_real_step_allocates(trainer, encoder, patch):
     """The fake trace against the same live-tensor count on a real CPU step: clicks, SAM 2's auxiliary losses and
     its constructor built outside the fake mode, SAM's prompt encoder's data-dependent masking (upper bound)."""
-    from sam_nnunet.planners.memory import LiveTensorMemory, training_step
+    from sam_nnunet.trainers.training_memory import LiveTensorMemory, training_step
 
     torch.manual_seed(0)
     method = planned_method(trainer, encoder)

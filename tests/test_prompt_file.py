@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from sam_nnunet.inference.predict import resolve_prompt_clicks
+from sam_nnunet.inference.prompt_file import (Click, PromptFileError, class_channels, click_point_label, load_prompts,
+                                              parse_prompts)
 from sam_nnunet.prompts.clicks import click_label
-from sam_nnunet.prompts.predict import resolve_prompt_clicks
-from sam_nnunet.prompts.prompt_file import (Click, PromptFileError, class_channels, click_point_label, load_prompts,
-                                            parse_prompts)
 
 LABELS = {"background": 0, "Anterior": 1, "Posterior": 2}
 DATASET_JSON = {"labels": LABELS, "file_ending": ".nii.gz"}

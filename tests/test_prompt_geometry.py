@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from sam_nnunet.prompts.geometry import (ClickOutsideError, array_index_to_preprocessed, file_index_to_array,
-                                         preprocessed_to_array_index, world_to_file_index)
+from sam_nnunet.inference.geometry import (ClickOutsideError, array_index_to_preprocessed, file_index_to_array,
+                                           preprocessed_to_array_index, world_to_file_index)
 
 BLOB_IJK = (17.0, 9.0, 11.0)  # voxel index (i, j, k) in the file of a bright blob
 

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from helpers import COARSE_PLANS, preprocess_coarse_plans, run_cli
 
-from sam_nnunet.prompts.prompt_file import load_prompts
+from sam_nnunet.inference.prompt_file import load_prompts
 
 # per trainer: plans, its paper's test protocol (tiles), the click protocol its training log states, extra
 # predict-prompted options (LiteMedSAM on a CPU: no mirroring, 8x fewer forward passes), whether the user-error

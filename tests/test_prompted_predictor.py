@@ -11,8 +11,8 @@ import torch
 from helpers import plans_with_patch
 from torch import nn
 
+from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.prompts.clicks import click_label
-from sam_nnunet.prompts.predictor import PromptedPredictor
 
 
 class BallsNetwork(nn.Module):

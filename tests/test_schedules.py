@@ -5,8 +5,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from sam_nnunet.evaluation.learning_curve import is_prompted
 from sam_nnunet.evaluation.prompted import paper_tiles
-from sam_nnunet.info import find_trainer_class, get_trainer_class
 from sam_nnunet.trainers import SAM2_3dMedTrainer, ZAP25DSAMTrainer, ZAP25DSAMTrainer_prompted
+from sam_nnunet.trainers.registry import find_trainer_class, get_trainer_class
 
 
 @pytest.mark.parametrize("name, parent, epochs", [
@@ -67,3 +67,34 @@ def test_sam2_3dmed_at_x2_plans_smaller_frames(synthetic_dataset, sam_env, tmp_p
     # hippocampus's 56 x 40 slices: 128-pixel frames at x2 instead of 224 at x4; masks still cover the voxel grid
     assert frame_geometry(56, 40, 2).size == 128 and frame_geometry(56, 40, 4).size == 224
     assert frame_geometry(56, 40, 2).mask_hw == (28, 20)
+
+
+def test_zap_plans_x2_for_litemedsam_x4_for_sam_vit_and_a_resumed_run_keeps_its_scale(synthetic_dataset, sam_env,
+                                                                                       tmp_path):
+    import json
+    import os
+
+    from sam_nnunet.planners.sam_planner import planned_method
+
+    sam_env.setenv("nnUNet_results", str(tmp_path))
+    sam_env.setenv("nnUNet_SAM_allow_random_init", "1")
+
+    def planned(cls, encoder):
+        sam_env.setenv("nnUNet_SAM_encoder", encoder)
+        trainer = make_trainer(cls, synthetic_dataset)
+        return trainer, trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+
+    trainer, arch = planned(ZAP25DSAMTrainer, "litemedsam")
+    assert arch["upsample"] == 2 and arch["encoder"] == "litemedsam"
+    assert planned(ZAP25DSAMTrainer_prompted, "litemedsam")[1]["upsample"] == 2
+    assert planned(recursive_find_trainer_class_by_name("ZAP25DSAMTrainer_upsample4"), "litemedsam")[1]["upsample"] == 4
+    # the planner sizes what the trainer will write
+    assert planned_method("ZAP25DSAMTrainer", "litemedsam").network_kwargs["upsample"] == 2
+    assert planned_method("ZAP25DSAMTrainer", "vit_test").network_kwargs["upsample"] == 4
+    # a model folder trained before x2 became LiteMedSAM's scale (its plans say x4) resumes and predicts at x4
+    os.makedirs(trainer.output_folder_base, exist_ok=True)
+    plans = trainer.plans_manager.plans
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["upsample"] = 4
+    with open(os.path.join(trainer.output_folder_base, "plans.json"), "w") as f:
+        json.dump(plans, f)
+    assert planned(ZAP25DSAMTrainer, "litemedsam")[1]["upsample"] == 4

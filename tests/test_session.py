@@ -10,11 +10,11 @@ import torch
 from helpers import plans_with_patch
 from torch import nn
 
+from sam_nnunet.inference.predict import CasePrompts, predict_rounds, resolve_case_prompts
+from sam_nnunet.inference.predictor import PromptedPredictor
+from sam_nnunet.inference.prompt_file import PromptFileError, parse_prompts
+from sam_nnunet.inference.session import InteractiveSession, SessionError
 from sam_nnunet.prompts.clicks import click_label
-from sam_nnunet.prompts.predict import CasePrompts, predict_rounds, resolve_case_prompts
-from sam_nnunet.prompts.predictor import PromptedPredictor
-from sam_nnunet.prompts.prompt_file import PromptFileError, parse_prompts
-from sam_nnunet.prompts.session import InteractiveSession, SessionError
 
 LABELS = {"background": 0, "Anterior": 1, "Posterior": 2}
 DATASET_JSON = {"labels": LABELS, "file_ending": ".nii.gz"}

@@ -110,7 +110,7 @@ def test_one_window_per_orientation_equals_the_forward_of_the_whole_case():
 
 
 def test_predictors_with_their_own_tiles_keep_them():
-    from sam_nnunet.prompts.predictor import PromptedPredictor
+    from sam_nnunet.inference.predictor import PromptedPredictor
 
     net = _net()
     assert nnunet_prediction.whole_case_network(_predictor(net)) is net

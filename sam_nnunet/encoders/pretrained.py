@@ -1,15 +1,35 @@
 """Which encoder and which pretrained weights a training uses, decided from the environment."""
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 
 from sam_nnunet import settings
 from sam_nnunet.encoders.checkpoint import (CheckpointError, WHERE_TO_GET, read_state_dict, refuse_nonfinite,
                                             sha256_of_file)
-from sam_nnunet.encoders.registry import EncoderSpec, get_encoder, identify_checkpoint
+from sam_nnunet.encoders.registry import ENCODERS, EncoderSpec, get_encoder, identify_checkpoint
 
 DEFAULT_ENCODER = "vit_b"
+
+
+def adapts(families: Iterable[str], encoder: str) -> bool:
+    """Whether a trainer adapting ``families`` can use ``encoder`` (a registered name)."""
+    return get_encoder(encoder).family in tuple(families)
+
+
+def pick_encoder(families: Iterable[str], requested: Sequence[str] = (), default: Optional[str] = None) -> str:
+    """The one rule for which encoder a trainer runs with, used by the trainer, the planner and the benchmark: the
+    first of ``requested`` of a family the trainer adapts; else ``default`` (an earlier run's encoder, the trainer's
+    ``default_encoder``); else vit_b where it fits; else the first registered encoder of those families."""
+    families = tuple(families)
+    for name in requested:
+        if adapts(families, name):
+            return name
+    if default:
+        return default
+    if ENCODERS[DEFAULT_ENCODER].family in families:
+        return DEFAULT_ENCODER
+    return next(name for name, spec in ENCODERS.items() if spec.family in families)
 
 
 @dataclass
@@ -56,7 +76,7 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
         check_family(method, spec, families)
         return PretrainedChoice(spec, path, state)
 
-    spec = named_spec or get_encoder(fallback or DEFAULT_ENCODER)
+    spec = named_spec or get_encoder(pick_encoder(families, (), fallback))
     check_family(method, spec, families)
     if spec.packaged_checkpoint is not None:
         packaged = spec.packaged_checkpoint()
@@ -68,7 +88,6 @@ def choose_encoder(method: str, families: Iterable[str], fallback: Optional[str]
 
 def check_family(method: str, spec: EncoderSpec, families) -> None:
     if spec.family not in families:
-        from sam_nnunet.encoders.registry import ENCODERS
         usable = sorted(n for n, s in ENCODERS.items() if s.family in families)
         raise CheckpointError(
             f"{method} cannot use the encoder {spec.name} ({spec.family}: {spec.description}); it adapts "

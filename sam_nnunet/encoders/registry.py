@@ -9,7 +9,10 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from sam_nnunet.encoders import litemedsam
 from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
+from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, infer_sam2_variant, recognises_sam2
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, infer_sam_vit_variant
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,6 @@ def identify_checkpoint(state: Dict[str, torch.Tensor], path: str) -> EncoderSpe
 
 
 def _register_sam_vit() -> None:
-    from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, infer_sam_vit_variant
-
     register_family(EncoderFamily(
         "sam_vit", "SAM / MedSAM ViT (image_encoder.blocks.*, image_encoder.patch_embed.*)",
         recognises=lambda s: "image_encoder.patch_embed.proj.weight" in s and
@@ -73,8 +74,6 @@ def _register_sam_vit() -> None:
 
 def _register_sam2() -> None:
     # the configs only: the sam2 package itself is imported when a model is built
-    from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, infer_sam2_variant, recognises_sam2
-
     register_family(EncoderFamily(
         "sam2", "SAM 2 / SAM 2.1 (image_encoder.trunk.*, memory_attention.*)",
         recognises=recognises_sam2, infer_variant=infer_sam2_variant))
@@ -83,8 +82,6 @@ def _register_sam2() -> None:
 
 
 def _register_litemedsam() -> None:
-    from sam_nnunet.encoders import litemedsam
-
     register_family(EncoderFamily(
         "litemedsam", "LiteMedSAM TinyViT (image_encoder.patch_embed.seq.*, image_encoder.layers.*)",
         recognises=litemedsam.recognises, infer_variant=litemedsam.infer_variant))

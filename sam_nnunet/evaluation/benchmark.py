@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from sam_nnunet import settings
+from sam_nnunet.encoders.pretrained import adapts
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.evaluation.machine import describe_machine
 from sam_nnunet.evaluation.report import check_document, markdown_table, update_document, write_charts
-from sam_nnunet.info import find_trainer_class
 from sam_nnunet.nnunet_env import required_environment
+from sam_nnunet.trainers.registry import find_trainer_class
 
 DEFAULT_CLICKS = (1, 3, 10)
 DEFAULT_INTERACTION_ROUNDS = 3
@@ -123,7 +124,7 @@ def _adapts(trainer: str, encoder: str) -> bool:
     cls = find_trainer_class(trainer)
     if cls is None or encoder not in ENCODERS:
         return True
-    return ENCODERS[encoder].family in tuple(cls.encoder_families)
+    return adapts(cls.encoder_families, encoder)
 
 
 def worker_environment(s: BenchmarkSettings, trainer: str, results_dir: str) -> Dict[str, str]:

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from sam_nnunet.errors import UserFacingExit
-from sam_nnunet.evaluation.evaluate import evaluate_folders
 from sam_nnunet.evaluation.interaction import evaluate_interaction
 from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
+from sam_nnunet.metrics.evaluate import evaluate_folders
 from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
 from sam_nnunet.trainers.prompted import PromptedTrainerMixin
 

@@ -25,11 +25,12 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from sam_nnunet.encoders.pretrained import choose_encoder
 from sam_nnunet.evaluation.prompted import paper_tiles
+from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
 from sam_nnunet.prompts.clicks import click_label
 from sam_nnunet.prompts.corrections import correction_click
-from sam_nnunet.prompts.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 from sam_nnunet.trainers.checkpoints import atomic_write
+from sam_nnunet.trainers.registry import find_trainer_class
 
 PROMPT_KINDS = ("box", "clicks", "box+clicks")
 
@@ -64,7 +65,6 @@ def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, classes: Se
 def load_zero_shot_weights(predictor) -> str:
     """Put the pretrained weights (nnUNet_SAM_checkpoint / nnUNet_SAM_encoder, or the packaged LiteMedSAM) into the
     predictor's network in place of the trained ones; returns the checkpoint used."""
-    from sam_nnunet.info import find_trainer_class  # every trainer module: only where a zero-shot row is asked for
 
     net = predictor.plain_network
     trainer = find_trainer_class(predictor.trainer_name)

@@ -30,14 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sam_nnunet import settings
-from sam_nnunet.evaluation.evaluate import evaluate
 from sam_nnunet.evaluation.machine import describe_machine, machine_line
 from sam_nnunet.evaluation.prompted import paper_tiles
-from sam_nnunet.info import find_trainer_class
+from sam_nnunet.metrics.evaluate import evaluate
 from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.trainers.budget import RECORD_FILE
 from sam_nnunet.trainers.checkpoints import atomic_write
 from sam_nnunet.trainers.prompted import PromptedTrainerMixin
+from sam_nnunet.trainers.registry import find_trainer_class
 
 BASELINE = "nnUNetTrainerShortRun"  # nnUNetTrainer + the budget (trainers.short_run); shown as nnUNetTrainer
 DEFAULT_TRAINERS = (BASELINE, "ZAP25DSAMTrainer:litemedsam", "ZAP25DSAMTrainer_prompted:litemedsam")

@@ -6,6 +6,11 @@ import sys
 from importlib import metadata
 from typing import Dict, Optional
 
+import psutil
+import torch
+
+import sam_nnunet
+
 
 def _cpu_model() -> str:
     try:
@@ -36,11 +41,6 @@ def _git_commit(folder: str) -> Optional[str]:
 
 def describe_machine() -> Dict:
     """CPU model, cores, memory, GPU; versions of python, torch, nnunetv2, sam-nnunet (with its git commit)."""
-    import psutil
-    import torch
-
-    import sam_nnunet
-
     try:
         usable_cores = len(os.sched_getaffinity(0))
     except AttributeError:

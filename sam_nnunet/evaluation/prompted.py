@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, maybe_mkdir_p
 
-from sam_nnunet.evaluation.evaluate import evaluate_folders
-from sam_nnunet.info import find_trainer_class
-from sam_nnunet.prompts.geometry import array_index_to_preprocessed
-from sam_nnunet.prompts.predict import clicks_record, label_names, load_prompted_predictor
+from sam_nnunet.inference.geometry import array_index_to_preprocessed
+from sam_nnunet.inference.predict import clicks_record, label_names, load_prompted_predictor
+from sam_nnunet.metrics.evaluate import evaluate_folders
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
+from sam_nnunet.trainers.registry import find_trainer_class
 
 
 def paper_tiles(trainer_name: str) -> str:
@@ -46,7 +46,7 @@ def evaluate_clicks_on_fold(model_folder: str, fold: Union[int, str], num_clicks
         counts.
       cases: a subset of the fold's validation cases (default: all of them).
       tolerance_mm: NSD tolerance (5 mm as both papers).
-    Returns {N: the summary of ``sam_nnunet.evaluation.evaluate.evaluate_folders`` (``mean``, ``foreground_mean``,
+    Returns {N: the summary of ``sam_nnunet.metrics.evaluate.evaluate_folders`` (``mean``, ``foreground_mean``,
     ``metric_per_case``)}; e.g. the foreground Dice with N clicks is ``result[N]["foreground_mean"]["Dice"]``.
     """
     from nnunetv2.inference.export_prediction import export_prediction_from_logits

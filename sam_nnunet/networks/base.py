@@ -1,8 +1,10 @@
 """What every SAM network of this package shares: frozen parts, pretrained-weight provenance, parameter report."""
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
+
+from sam_nnunet.networks.token_grid import UNALIGNED_GRID, TokenGrid
 
 
 class SAMNetworkBase(nn.Module):
@@ -29,6 +31,17 @@ class SAMNetworkBase(nn.Module):
             raise ValueError(f"{type(self).__name__} has no multi-scale heads; build it with deep_supervision=False")
         self.encoder_name = encoder
         self.pretrained_info: Dict[str, Optional[str]] = {"encoder": encoder, "checkpoint": None, "sha256": None}
+
+    # ---- planning: what SAMPlanner asks of a network class -------------------------------------------------
+    @classmethod
+    def token_grid(cls, arch_kwargs: Dict) -> TokenGrid:
+        """The patch lengths this network takes without padding, for the arguments the plans give it."""
+        return UNALIGNED_GRID
+
+    @classmethod
+    def planned_deep_supervision_scales(cls, arch_kwargs: Dict) -> Optional[List[List[float]]]:
+        """nnU-Net's deep-supervision scales (finest first) of a network built with ``arch_kwargs``; None without."""
+        return None
 
     # ---- what the subclass provides -------------------------------------------------------------------------
     def pretrained_modules(self) -> Dict[str, nn.Module]:

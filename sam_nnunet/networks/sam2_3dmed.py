@@ -29,13 +29,14 @@ import torch
 from torch import nn
 
 from sam_nnunet.blocks.channels import InputChannelAdapter
-from sam_nnunet.blocks.frames import frame_geometry, frames_to_slices, slices_to_frames
+from sam_nnunet.blocks.frames import HIERA_STRIDE, frame_geometry, frames_to_slices, slices_to_frames
 from sam_nnunet.blocks.sam2_propagation import propagate
 from sam_nnunet.decoders.boundary_fusion import BoundaryFusion3d
 from sam_nnunet.decoders.slice_position import SliceRelativePositionHead
 from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, build_sam2
 from sam_nnunet.encoders.sam_vit import load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.networks.token_grid import TokenGrid
 
 
 class SAM2_3dMedNetwork(SAMNetworkBase):
@@ -53,6 +54,16 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
     """
 
     frames_per_encoder_call = 64   # bounds the frozen encoder's activation memory, not a hyper-parameter
+
+    @classmethod
+    def token_grid(cls, arch_kwargs: Dict) -> TokenGrid:
+        # slices along D are SAM 2's frames, any number of them (propagated one by one); at least 8, so that a pass
+        # fills SAM 2's memory bank (the conditioning frame and 6 previous ones). In-plane a slice is upsampled (x4)
+        # and zero-padded to a square frame whose side is a multiple of Hiera's stride 32: waste-free slices are
+        # square with a side that is a multiple of 32 / upsample voxels (8). Not imposed: Hiera's windows at strides
+        # 16 and 32 (14 and 7 tokens: 224 pixels), which pad only those stages' windowed attention.
+        side = max(1, round(HIERA_STRIDE / float(arch_kwargs.get("upsample", 4))))
+        return TokenGrid(stride=(1, side, side), min_tokens=(8, 4, 4), square=(1, 2))
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "sam2.1_hiera_t", regions: bool = False,
                  upsample: float = 4.0, max_image_size: int = 1024, deep_supervision: bool = False) -> None:

@@ -38,6 +38,7 @@ from sam_nnunet.decoders.multiscale import MultiScaleDecoder3d
 from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.networks.token_grid import TokenGrid
 
 DEFAULT_LEVEL_STRIDES = ((2, 2, 2), (2, 2, 2))  # token stride 4 on every axis: isotropic plans
 MAX_TOKENS = 32 ** 3  # 3DSAM-adapter's token grid for its 128^3 patch
@@ -106,6 +107,16 @@ class SAM3DMedNetwork(SAMNetworkBase):
     """
 
     supports_deep_supervision = True
+
+    @classmethod
+    def token_grid(cls, arch_kwargs: Dict) -> TokenGrid:
+        stride = tuple(math.prod(int(f[a]) for f in arch_kwargs["level_strides"]) for a in range(3))
+        return TokenGrid(stride=stride, windows=(arch_kwargs.get("local_window", 8),
+                                                 arch_kwargs.get("global_window", 16)), min_tokens=4)
+
+    @classmethod
+    def planned_deep_supervision_scales(cls, arch_kwargs: Dict) -> List[List[float]]:
+        return deep_supervision_scales(arch_kwargs["level_strides"])
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b",
                  level_strides: Sequence[Sequence[int]] = DEFAULT_LEVEL_STRIDES, local_window: int = 8,

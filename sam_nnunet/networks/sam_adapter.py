@@ -30,6 +30,7 @@ from sam_nnunet.blocks.position import volumetric_pos_embed
 from sam_nnunet.decoders.mla import MultiLayerAggregationDecoder3d
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.networks.token_grid import TokenGrid
 
 
 class SAMAdapterNetwork(SAMNetworkBase):
@@ -46,6 +47,13 @@ class SAMAdapterNetwork(SAMNetworkBase):
 
     upsample = 4
     slices_per_token = 16
+
+    @classmethod
+    def token_grid(cls, arch_kwargs: Dict) -> TokenGrid:
+        # SAM's 16-pixel patches on a x4-upsampled patch and 16 upsampled slices per token give tokens of 4^3 voxels;
+        # every block attends in 3D windows split equally with at most max_window tokens per axis
+        stride = cls.slices_per_token // cls.upsample
+        return TokenGrid(stride=(stride,) * 3, windows=(arch_kwargs.get("max_window", 8),), min_tokens=4)
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
                  depth_positions: int = 32, deep_supervision: bool = False) -> None:

@@ -40,6 +40,7 @@ from sam_nnunet.decoders.sam_mask import PromptFreeMaskDecoder, build_sam_prompt
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.networks.token_grid import TokenGrid
 
 
 # nnU-Net's predictor (nnUNetv2_predict, the final validation) hands a case to predict_volume whole: every pseudo-slice
@@ -146,6 +147,17 @@ class ZAP25DNetwork(SAMNetworkBase):
         code's (coronal W x D); 1 = sam-nnunet 0.1's (coronal D x W), only to run models trained with it.
       deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
     """
+
+    @classmethod
+    def token_grid(cls, arch_kwargs: Dict) -> TokenGrid:
+        # every axis is the slice axis of one orientation: it is cut into pseudo-slices of `pool` slices (padded to a
+        # multiple: a length of 4k+1 pays a whole encoder pass for one slice) and, in the other two orientations,
+        # lies in-plane, where a token is pool voxels too (SAM ViT: x4 upsampling, 16-pixel patches; LiteMedSAM: one
+        # voxel). Not imposed: the windows of the frozen encoder (SAM ViT: 16 tokens = 64 voxels; TinyViT: 7 / 14
+        # tokens), which pad the in-plane token grid in the windowed blocks' attention only; forcing 64-voxel lengths
+        # would pad small images far more. The memory trace runs that padding like any other operation.
+        pool = int(arch_kwargs.get("pool", 4))
+        return TokenGrid(stride=(pool,) * 3, min_tokens=4)
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", upsample: float = 4,
                  pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,

@@ -87,7 +87,7 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
 
     def encoded(self, x: torch.Tensor) -> CachedEmbeddings:
         """The frozen encoder's output for x, to be decoded with other prompts again (``forward`` takes it in place
-        of x): the embedding cache of interactive prediction (``sam_nnunet.prompts.predictor``)."""
+        of x): the embedding cache of interactive prediction (``sam_nnunet.inference.predictor``)."""
         return CachedEmbeddings.of(*self.embed(x))
 
     def plane_prompts(self, point_coords: torch.Tensor, point_labels: torch.Tensor, spatial: Sequence[int],

@@ -23,6 +23,10 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import List, Sequence, Tuple
 
+import torch
+
+from sam_nnunet.trainers.training_memory import TrainingSetup, training_step
+
 MMAP_THRESHOLD = "65536"
 
 
@@ -79,8 +83,6 @@ def _release_free_heap() -> None:
 
 
 def _run_steps(setup, patch_size, batch_size, steps: int = 2) -> None:
-    from sam_nnunet.planners.memory import training_step
-
     network = setup.build_network()
     network.train()
     loss = setup.build_loss()
@@ -92,9 +94,6 @@ def _run_steps(setup, patch_size, batch_size, steps: int = 2) -> None:
 
 
 def _main() -> None:
-    import torch
-    from sam_nnunet.planners.memory import TrainingSetup
-
     request = json.loads(sys.stdin.read())
     torch.set_num_threads(int(request["threads"]))
     torch.manual_seed(0)

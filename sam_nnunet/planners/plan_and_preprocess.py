@@ -8,7 +8,11 @@ object: ``extract_fingerprints`` (nnU-Net's extractor), ``plan_experiment_datase
 import functools
 from typing import Dict, List, Optional, Sequence, Union
 
+from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.planners import PLANNERS
+from sam_nnunet.planners.sam_planner import DEFAULT_TRAINER, PlanningError, SAMPlanner
+from sam_nnunet.trainers.registry import trainer_classes
 
 # nnU-Net's default worker counts per configuration (nnUNetv2_plan_and_preprocess)
 DEFAULT_NUM_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
@@ -16,8 +20,6 @@ DEFAULT_NUM_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 
 def find_planner(name: str):
     """A planner class by name: ours first, then nnU-Net's own (as ``nnUNetv2_plan_experiment -pl`` finds them)."""
-    from sam_nnunet.planners import PLANNERS
-
     if name in PLANNERS:
         return PLANNERS[name]
     import nnunetv2
@@ -34,9 +36,6 @@ def find_planner(name: str):
 
 def default_trainers() -> List[str]:
     """Every sam-nnunet trainer, SAMAdapterTrainer first (it defines 3d_fullres)."""
-    from sam_nnunet.info import trainer_classes
-    from sam_nnunet.planners.sam_planner import DEFAULT_TRAINER
-
     names = list(trainer_classes())
     return sorted(names, key=lambda n: n != DEFAULT_TRAINER)
 
@@ -51,8 +50,6 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "SAMPlanner",
     """Fingerprint, plan and preprocess each dataset; returns {dataset id: plans}."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiment_dataset,
                                                                       preprocess)
-    from sam_nnunet.encoders.checkpoint import CheckpointError
-    from sam_nnunet.planners.sam_planner import PlanningError, SAMPlanner
 
     planner_class = find_planner(planner)
     ours = isinstance(planner_class, type) and issubclass(planner_class, SAMPlanner)

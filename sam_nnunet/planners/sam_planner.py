@@ -6,12 +6,12 @@ differs is how a 3D configuration's patch and batch size are found (``get_plans_
 
 1. candidate patches: nnU-Net's starting patch (aspect ratio from the spacing, volume of 256^3, clipped to the
    median image), each axis rounded up to a length the method's token grid takes without waste
-   (``methods.TokenGrid``); then, as nnU-Net does, the axis that is largest relative to the median image shrinks
-   step by step, each step to the next waste-free length;
+   (``networks.token_grid.TokenGrid``, declared by the network class); then, as nnU-Net does, the axis that is
+   largest relative to the median image shrinks step by step, each step to the next waste-free length;
 2. the first candidate whose training step fits the memory target at nnU-Net's minimum batch size (2; 1 if even
    the smallest patch does not fit with 2). Memory is not a reference ratio as in nnU-Net but an absolute estimate
-   traced from the network itself (``memory.TrainingMemoryEstimator``); an interpolation search over the candidates
-   traces where the traces so far predict the limit, and bisects where the prediction is poor;
+   traced from the network itself (``trainers.training_memory.TrainingMemoryEstimator``); an interpolation search
+   over the candidates traces where the traces so far predict the limit, and bisects where the prediction is poor;
 3. the largest batch size that fits, capped as in nnU-Net so a batch covers at most 5% of the dataset's voxels.
 
 The plans are sized for one method, the first of ``trainers`` (default SAMAdapterTrainer): its sizes go into
@@ -21,14 +21,23 @@ size, batch size and architecture. Each configuration records what it was sized 
 read only nnU-Net's standard fields.
 """
 import json
+import pydoc
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from sam_nnunet.planners.memory import TrainingMemoryEstimate, TrainingMemoryEstimator, TrainingSetup
-from sam_nnunet.planners.methods import UNALIGNED_GRID, MethodProfile, TokenGrid, profile_of_trainer_class
+from sam_nnunet import settings
+from sam_nnunet.encoders.checkpoint import read_state_dict
+from sam_nnunet.encoders.pretrained import pick_encoder
+from sam_nnunet.encoders.registry import identify_checkpoint
+from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.networks.token_grid import UNALIGNED_GRID, TokenGrid
+from sam_nnunet.trainers.registry import get_trainer_class
+from sam_nnunet.trainers.training_memory import (TrainingMemoryEstimate, TrainingMemoryEstimator, TrainingSetup,
+                                                 class_path)
 
 DEFAULT_PLANS_NAME = "nnUNetSAMPlans"
 DEFAULT_TRAINER = "SAMAdapterTrainer"
@@ -49,84 +58,75 @@ def resolve_encoder(trainer_class: type, requested: Union[None, str, Sequence[st
     """The encoder a trainer is sized with: the first of ``requested`` (or what nnUNet_SAM_encoder /
     nnUNet_SAM_checkpoint name, as training will use) that the trainer adapts; otherwise the trainer's default
     encoder (as it trains without nnUNet_SAM_encoder / nnUNet_SAM_checkpoint)."""
-    from sam_nnunet import settings
-    from sam_nnunet.encoders.checkpoint import read_state_dict
-    from sam_nnunet.encoders.pretrained import DEFAULT_ENCODER
-    from sam_nnunet.encoders.registry import ENCODERS, get_encoder, identify_checkpoint
-
-    families = tuple(trainer_class.encoder_families)
     if requested is None:
         requested = settings.get_str(settings.ENCODER)
     if requested is None and settings.get_str(settings.CHECKPOINT):
         path = settings.get_str(settings.CHECKPOINT)
         requested = identify_checkpoint(read_state_dict(path), path).name
-    for name in [requested] if isinstance(requested, str) else requested or ():
-        if get_encoder(name).family in families:
-            return name
-    profile = profile_of_trainer_class(trainer_class)
-    if profile is not None and profile.default_encoder:
-        return profile.default_encoder
-    if getattr(trainer_class, "default_encoder", None):
-        return trainer_class.default_encoder
-    if DEFAULT_ENCODER in ENCODERS and ENCODERS[DEFAULT_ENCODER].family in families:
-        return DEFAULT_ENCODER
-    return next(name for name, spec in ENCODERS.items() if spec.family in families)
+    requested = [requested] if isinstance(requested, str) else list(requested or ())
+    return pick_encoder(trainer_class.encoder_families, requested, getattr(trainer_class, "default_encoder", None))
 
 
 @dataclass
 class PlannedMethod:
-    """One trainer the plans are sized for: its network as the trainer writes it into the plans, and its profile."""
+    """One trainer the plans are sized for, with its network as the trainer writes it into the plans. The planning
+    rules are the trainer's and its network's own class methods (``SAMTrainerBase.label_kwargs``,
+    ``planned_arch_kwargs``, ``training_clicks``; ``SAMNetworkBase.token_grid``,
+    ``planned_deep_supervision_scales``): a variant trainer inherits them."""
     trainer: str
+    trainer_class: type
     encoder: str
     network_class: str
-    network_kwargs: Dict  # the encoder and the trainer's network_kwargs
-    profile: Optional[MethodProfile]
-    clicks: Tuple[int, int] = (0, 0)  # a prompted trainer's training clicks: per foreground class, anywhere
+    network_kwargs: Dict  # the encoder, its encoder_kwargs and the trainer's network_kwargs
+
+    @property
+    def network(self) -> type:
+        network = pydoc.locate(self.network_class)
+        if not isinstance(network, type):
+            raise PlanningError(f"{self.trainer}.network_class {self.network_class!r} names no class")
+        return network
+
+    @property
+    def declares_grid(self) -> bool:
+        """False for a network that inherits SAMNetworkBase's any-length grid (or is no SAMNetworkBase at all)."""
+        rule = getattr(self.network, "token_grid", None)
+        return getattr(rule, "__func__", None) not in (None, SAMNetworkBase.token_grid.__func__)
+
+    @property
+    def clicks(self) -> Tuple[int, int]:
+        """A prompted trainer's training clicks: per foreground class, anywhere ((0, 0) without prompts)."""
+        return self.trainer_class.training_clicks()
 
     def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False) -> Dict:
         """The network's arguments for a configuration of this spacing (and labels: region-based or not)."""
-        extra = self.profile.arch_kwargs(spacing) if self.profile and self.profile.arch_kwargs else {}
-        labels = self.profile.label_kwargs(has_regions) if self.profile and self.profile.label_kwargs else {}
-        return {**self.network_kwargs, **labels, **extra}
+        return {**self.network_kwargs, **self.trainer_class.label_kwargs(has_regions),
+                **self.trainer_class.planned_arch_kwargs(spacing)}
 
     def grid(self, arch_kwargs: Dict) -> TokenGrid:
-        return self.profile.grid(arch_kwargs) if self.profile else UNALIGNED_GRID
+        return self.network.token_grid(arch_kwargs) if self.declares_grid else UNALIGNED_GRID
 
     def deep_supervision_scales(self, arch_kwargs: Dict) -> Optional[List[List[float]]]:
-        if self.profile and self.profile.deep_supervision_scales:
-            return self.profile.deep_supervision_scales(arch_kwargs)
-        return None
+        rule = getattr(self.network, "planned_deep_supervision_scales", None)
+        return rule(arch_kwargs) if rule else None
 
     def training_setup(self, arch_kwargs: Dict, input_channels: int, labels: Dict,
                        regions_class_order: Optional[List[int]] = None) -> TrainingSetup:
         """What one training step of this method needs, for the memory estimate (and its measurement)."""
         return TrainingSetup(self.network_class, dict(arch_kwargs), input_channels, labels, regions_class_order,
-                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs), trainer=self.trainer,
-                             clicks_per_class=self.clicks[0], random_clicks=self.clicks[1])
+                             deep_supervision_scales=self.deep_supervision_scales(arch_kwargs),
+                             trainer=class_path(self.trainer_class), clicks_per_class=self.clicks[0],
+                             random_clicks=self.clicks[1])
 
 
 def planned_method(trainer: str, encoder: Union[None, str, Sequence[str]] = None) -> PlannedMethod:
     """A sam-nnunet trainer as the planner sizes it (encoder as ``resolve_encoder`` decides)."""
-    from sam_nnunet.info import get_trainer_class
-
     try:
         cls = get_trainer_class(trainer)
     except ValueError as e:
         raise PlanningError(str(e)) from None
     chosen = resolve_encoder(cls, encoder)
-    return PlannedMethod(trainer, chosen, cls.network_class, {"encoder": chosen, **cls.network_kwargs},
-                         profile_of_trainer_class(cls), training_clicks(cls))
-
-
-def training_clicks(trainer_class: type) -> Tuple[int, int]:
-    """(positive clicks per foreground class, clicks anywhere) of a trainer's training patches: a prompted trainer's
-    click protocol (``trainers.prompted.PromptedTrainerMixin``) when its network takes clicks, else (0, 0)."""
-    import pydoc
-
-    network = pydoc.locate(trainer_class.network_class)
-    if not getattr(network, "takes_clicks", False):
-        return 0, 0
-    return int(getattr(trainer_class, "train_positive_clicks", 0)), int(getattr(trainer_class, "train_random_clicks", 0))
+    return PlannedMethod(trainer, cls, chosen, cls.network_class,
+                         {"encoder": chosen, **cls.encoder_kwargs(chosen), **cls.network_kwargs})
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,6 @@ class SAMPlanner(ExperimentPlanner):
 
     # ---- methods and their networks ------------------------------------------------------------------------
     def label_manager(self):
-        from nnunetv2.utilities.label_handling.label_handling import LabelManager
         return LabelManager(self.dataset_json["labels"], self.dataset_json.get("regions_class_order"))
 
     def training_setup(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingSetup:
@@ -187,11 +186,9 @@ class SAMPlanner(ExperimentPlanner):
                                      self.dataset_json.get("regions_class_order"))
 
     def estimator(self, method: PlannedMethod, arch_kwargs: Dict) -> TrainingMemoryEstimator:
-        from sam_nnunet.info import get_trainer_class
-
         # trainers with the same network, arguments and loss builder share their traces (SAM2_3dMedTrainer_noAux:
         # SAM2_3dMedTrainer's loss with the auxiliary weights at 0, which computes the same terms)
-        loss_builder = get_trainer_class(method.trainer)._build_loss
+        loss_builder = method.trainer_class._build_loss
         key = json.dumps([method.network_class, arch_kwargs, loss_builder.__module__, loss_builder.__qualname__],
                          sort_keys=True)
         if key not in self._estimators:
@@ -231,53 +228,33 @@ class SAMPlanner(ExperimentPlanner):
 
     def size_configuration(self, method: PlannedMethod, spacing: Sequence[float], median_shape: Sequence[float],
                            approximate_n_voxels_dataset: float) -> Sizing:
+        """Patch and batch size of one method at one spacing: the largest waste-free patch that fits the memory
+        target at the minimum batch size (2, else 1), then the largest batch size that fits, within nnU-Net's cap."""
         arch_kwargs = method.arch_kwargs(spacing, self.label_manager().has_regions)
         grid = method.grid(arch_kwargs)
-        estimator = _traced(method, self.estimator, method, arch_kwargs)
-        estimate = lambda patch, bs: _traced(method, estimator, patch, bs)
-        budget = self.memory_budget_bytes
-        fits = lambda patch, bs: estimate(patch, bs).peak_bytes <= budget
+        memory = MemorySearch(method, _traced(method, self.estimator, method, arch_kwargs), self.memory_budget_bytes)
         candidates = self.patch_candidates(grid, spacing, median_shape)
-
-        def guide(predicted):
-            # where the traces so far put the answer in [lo, hi): the first index predicted True, else hi - 1 (the
-            # neighbour of a known True, to confirm it); asked again after every trace, so the guesses sharpen
-            def guess(lo, hi):
-                values = [predicted(i) for i in range(lo, hi)]
-                return None if None in values else next((lo + k for k, v in enumerate(values) if v), hi - 1)
-            return guess
-
         for floor in sorted({self.UNet_min_batch_size, 1}, reverse=True):
-            if fits(candidates[0], floor):  # the largest patch fits (the common case): one trace, no search
-                first = 0
-                break
-            if not fits(candidates[-1], floor):
-                continue
-            first = _first_true(len(candidates), lambda i: fits(candidates[i], floor), guide(
-                lambda i: _le(estimator.predicted_peak_bytes(candidates[i], floor), budget)))
+            first = memory.largest_patch(candidates, floor)
             if first is not None:
                 break
         else:
-            smallest = estimate(candidates[-1], 1)
+            smallest = memory.estimate(candidates[-1], 1)
             raise PlanningError(
                 f"{method.trainer} with encoder {method.encoder} needs {smallest.peak_gb:.2f} GB to train even the "
                 f"smallest patch {list(candidates[-1])} at batch size 1, more than the memory target of "
                 f"{self.UNet_vram_target_GB:g} GB. Raise -gpu_memory_target or plan a smaller encoder (-encoder).")
         patch = candidates[first]
-
         cap = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
         top = max(cap, floor)
-        # largest batch size in [floor, top] that fits (fits(patch, floor) holds): find the first that does not
-        too_large = _first_true(top - floor, lambda i: not fits(patch, floor + 1 + i), guide(
-            lambda i: _not(_le(estimator.predicted_peak_bytes(patch, floor + 1 + i), budget))))
-        batch = top if too_large is None else floor + too_large
+        batch = memory.largest_batch(patch, floor, top)
         if batch < top:
             limited_by = "memory"
         elif cap > floor:
             limited_by = "dataset size (a batch covers at most 5% of the voxels, as in nnU-Net)"
         else:
             limited_by = "minimum batch size"
-        return Sizing(arch_kwargs, grid, tuple(int(p) for p in patch), int(batch), estimate(patch, batch),
+        return Sizing(arch_kwargs, grid, tuple(int(p) for p in patch), int(batch), memory.estimate(patch, batch),
                       limited_by)
 
     def method_fields(self, method: PlannedMethod, sizing: Sizing) -> dict:
@@ -295,8 +272,8 @@ class SAMPlanner(ExperimentPlanner):
                 # what the estimate is for: the trainer's start-up memory check reuses it only while they are unchanged
                 "patch_size": list(sizing.patch_size), "batch_size": sizing.batch_size,
                 "estimate": ESTIMATE_DESCRIPTION,
-                "token_grid": sizing.grid.describe() if method.profile else
-                "no profile registered for this trainer: any patch length",
+                "token_grid": sizing.grid.describe() if method.declares_grid else
+                "the network declares no token grid: any patch length",
                 "batch_size_limited_by": sizing.batch_size_limited_by,
             },
         }
@@ -368,16 +345,58 @@ def _traced(method: PlannedMethod, function, *args):
     except Exception as e:
         raise PlanningError(
             f"the training step of {method.trainer} ({method.network_class}) could not be traced on fake tensors to "
-            f"estimate its memory ({type(e).__name__}: {e}). A method whose network output or training step is not "
-            f"nnU-Net's standard one needs a planner profile (documentation/planner.md, 'Adding a method').") from e
+            f"estimate its memory ({type(e).__name__}: {e}). A method whose network output is not nnU-Net's standard "
+            f"one traces with its trainer's own _build_loss (documentation/planner.md, 'Adding a method').") from e
 
 
-def _le(value: Optional[float], bound: float) -> Optional[bool]:
-    return None if value is None else value <= bound
+class MemorySearch:
+    """The memory side of sizing one method: traced estimates against the budget, and the two searches over them.
+    A trace costs seconds to minutes; the searches guess from the traces made so far where the limit lies."""
+
+    def __init__(self, method: PlannedMethod, estimator: TrainingMemoryEstimator, budget_bytes: float) -> None:
+        self.method, self.estimator, self.budget_bytes = method, estimator, budget_bytes
+
+    def estimate(self, patch: Sequence[int], batch_size: int) -> TrainingMemoryEstimate:
+        return _traced(self.method, self.estimator, patch, batch_size)
+
+    def fits(self, patch: Sequence[int], batch_size: int) -> bool:
+        return self.estimate(patch, batch_size).peak_bytes <= self.budget_bytes
+
+    def predicted_fit(self, patch: Sequence[int], batch_size: int) -> Optional[bool]:
+        """Whether the traces so far predict that this step fits, without tracing it (None: no prediction yet)."""
+        peak = self.estimator.predicted_peak_bytes(patch, batch_size)
+        return None if peak is None else peak <= self.budget_bytes
+
+    def largest_patch(self, candidates: Sequence[Tuple[int, ...]], batch_size: int) -> Optional[int]:
+        """Index of the first (largest) candidate patch that fits at this batch size; None if none does."""
+        if self.fits(candidates[0], batch_size):  # the common case: one trace, no search
+            return 0
+        if not self.fits(candidates[-1], batch_size):
+            return None
+        return _first_true(len(candidates), lambda i: self.fits(candidates[i], batch_size),
+                           _guess_from(lambda i: self.predicted_fit(candidates[i], batch_size)))
+
+    def largest_batch(self, patch: Sequence[int], floor: int, top: int) -> int:
+        """Largest batch size in [floor, top] that fits, given that ``floor`` fits: the first too large, minus one."""
+        def too_large(i: int) -> bool:
+            return not self.fits(patch, floor + 1 + i)
+
+        def predicted_too_large(i: int) -> Optional[bool]:
+            fit = self.predicted_fit(patch, floor + 1 + i)
+            return None if fit is None else not fit
+
+        first_too_large = _first_true(top - floor, too_large, _guess_from(predicted_too_large))
+        return top if first_too_large is None else floor + first_too_large
 
 
-def _not(value: Optional[bool]) -> Optional[bool]:
-    return None if value is None else not value
+def _guess_from(predicted: Callable[[int], Optional[bool]]) -> Callable[[int, int], Optional[int]]:
+    """A ``_first_true`` guess from predictions: the first index in [lo, hi) predicted True, else hi - 1 (the
+    neighbour of a known True, to confirm it); None while any prediction in the range is missing. Asked again after
+    every trace, so the guesses sharpen."""
+    def guess(lo: int, hi: int) -> Optional[int]:
+        values = [predicted(i) for i in range(lo, hi)]
+        return None if None in values else next((lo + k for k, v in enumerate(values) if v), hi - 1)
+    return guess
 
 
 def _first_true(n: int, predicate, guess: Optional[Callable[[int, int], Optional[int]]] = None) -> Optional[int]:

@@ -73,6 +73,28 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     grad_clip_norm: Optional[float] = None     # the method's gradient-norm clip, per part (None: nnU-Net's 12 over all)
     grad_clip_parts: Tuple[str, ...] = ()      # submodules clipped each on its own; the other parameters form one part
 
+    # ---- planning rules (SAMPlanner and _write_architecture_into_plans call the same) ----------------------
+    @classmethod
+    def label_kwargs(cls, has_regions: bool) -> Dict:
+        """Network arguments the labels decide (nnU-Net region-based training or not), written into the plans."""
+        return {}
+
+    @classmethod
+    def encoder_kwargs(cls, encoder: str) -> Dict:
+        """Network arguments whose default depends on the encoder (ZAP: the in-plane scale); the trainer's
+        ``network_kwargs`` override them, and a resumed run keeps the values its plans recorded."""
+        return {}
+
+    @classmethod
+    def planned_arch_kwargs(cls, spacing) -> Dict:
+        """Network arguments SAMPlanner decides from a configuration's spacing (the trainer keeps planned ones)."""
+        return {}
+
+    @classmethod
+    def training_clicks(cls) -> Tuple[int, int]:
+        """(positive clicks per foreground class, clicks anywhere) of a training patch: (0, 0) without prompts."""
+        return 0, 0
+
     @_logs_refusals
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -133,8 +155,8 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
                                    f"this fold (its weights come from nnU-Net's checkpoint): {e}")
             return choose_encoder(self.__class__.__name__, self.encoder_families, previous, ignore_checkpoint=True)
 
-    def _encoder_of_previous_run(self) -> Optional[str]:
-        """Encoder recorded by an earlier run of this trainer in the same output folder (resume, --val)."""
+    def _architecture_of_previous_run(self) -> Optional[Dict]:
+        """The network arguments an earlier run of this trainer recorded in the same output folder (resume, --val)."""
         plans_file = join(self.output_folder_base, "plans.json") if self.output_folder_base else None
         if not plans_file or not isfile(plans_file):
             return None
@@ -143,11 +165,20 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
         except (KeyError, ValueError):
             return None
         if arch.get("network_class_name") == self.network_class:
-            return arch.get("arch_kwargs", {}).get("encoder")
+            return dict(arch.get("arch_kwargs", {}))
         return None
+
+    def _encoder_of_previous_run(self) -> Optional[str]:
+        """Encoder recorded by an earlier run of this trainer in the same output folder (resume, --val)."""
+        return (self._architecture_of_previous_run() or {}).get("encoder")
 
     def _write_architecture_into_plans(self, encoder: str) -> None:
         # the plans saved to the model folder then name our network; nnU-Net's predictor rebuilds it from there
+        defaults = self.encoder_kwargs(encoder)
+        previous = self._architecture_of_previous_run() or {}
+        defaults.update({k: previous[k] for k in defaults if k in previous})  # a resumed run keeps its values
+        self.network_kwargs = {**defaults, **self.network_kwargs,
+                               **self.label_kwargs(bool(self.label_manager.has_regions))}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = {
             "network_class_name": self.network_class,
             "arch_kwargs": {"encoder": encoder, **self.network_kwargs},

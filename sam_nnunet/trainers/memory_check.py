@@ -1,12 +1,12 @@
 """Start-up memory check: will one training step of this trainer, at the planned patch and batch size, fit on the
 device? Run before the first iteration (``SAMTrainerBase.on_train_start``), after the network and optimiser exist.
 
-The step's memory is SAMPlanner's traced estimate (``sam_nnunet.planners.memory``: peak tensor memory of a training
-step in fp32, parameters, gradients, AdamW state and activations included), taken from the plans when SAMPlanner
-sized this very configuration for this trainer, else from a cache in the model folder (shared by its folds), else
-traced now. What the
-device offers: CUDA's free memory plus what PyTorch's allocator holds unused (``torch.cuda.mem_get_info``), or the
-available RAM on the CPU (``psutil``); the parameters already on the device are counted on both sides.
+The step's memory is SAMPlanner's traced estimate (``sam_nnunet.trainers.training_memory``: peak tensor memory of a
+training step in fp32, parameters, gradients, AdamW state and activations included), taken from the plans when
+SAMPlanner sized this very configuration for this trainer, else from a cache in the model folder (shared by its
+folds), else traced now. What the device offers: CUDA's free memory plus what PyTorch's allocator holds unused
+(``torch.cuda.mem_get_info``), or the available RAM on the CPU (``psutil``); the parameters already on the device
+are counted on both sides.
 
 On CUDA nnU-Net trains under autocast (fp16), which needs less than the fp32 estimate: 0.65-0.75 of it for the ViT-B
 networks, 0.46 for SAM2-3dMed on an H100 (documentation/cuda.md). The check stops only where even the trainer's
@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from sam_nnunet import settings
-from sam_nnunet.planners.memory import TrainingMemoryEstimator, TrainingSetup
+from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.trainers.training_memory import TrainingMemoryEstimator, TrainingSetup, class_path
 
 CACHE_FILE = "sam_memory_estimate.json"
 
@@ -60,17 +62,14 @@ def device_memory(device: torch.device, resident: int) -> Optional[DeviceMemory]
 def training_setup(trainer) -> TrainingSetup:
     """The training step of ``trainer`` as SAMPlanner traces it: the network its plans name, its loss, its deep
     supervision and its training clicks."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from sam_nnunet.planners.sam_planner import training_clicks
-
     cm = trainer.configuration_manager
-    clicks = training_clicks(type(trainer))
+    clicks = type(trainer).training_clicks()
     return TrainingSetup(
         cm.network_arch_class_name, dict(cm.network_arch_init_kwargs),
         determine_num_input_channels(trainer.plans_manager, cm, trainer.dataset_json),
         trainer.dataset_json["labels"], trainer.dataset_json.get("regions_class_order"), bool(cm.batch_dice),
         trainer._get_deep_supervision_scales() if trainer.enable_deep_supervision else None,
-        type(trainer).__name__, clicks[0], clicks[1])
+        class_path(type(trainer)), clicks[0], clicks[1])
 
 
 def _from_plans(trainer, patch: Tuple[int, ...], batch_size: int) -> Optional[int]:
@@ -164,8 +163,6 @@ def memory_refusal(trainer, peak: int, source: str, memory: DeviceMemory, reside
 def check_memory_before_training(trainer) -> None:
     """Stop (UserFacingExit) before the first iteration where the training step cannot fit on the device; log the
     check either way. Runs after ``initialize`` (network and optimiser on the device)."""
-    from sam_nnunet.errors import UserFacingExit
-
     if settings.get_flag(settings.SKIP_MEMORY_CHECK):
         trainer.print_to_log_file(f"Memory check skipped ({settings.SKIP_MEMORY_CHECK}=1)")
         return

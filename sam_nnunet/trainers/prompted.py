@@ -68,6 +68,10 @@ class PromptedTrainerMixin:
     train_box_probability: float = 0.0
     train_box_clicks_probability: float = 0.5
     box_jitter: int = 2  # voxels; MedSAM shifts each side by up to 20 of 1024 pixels (~2%)
+
+    @classmethod
+    def training_clicks(cls) -> Tuple[int, int]:
+        return int(cls.train_positive_clicks), int(cls.train_random_clicks)
     refine_probability: float = 0.0
     max_refine_rounds: int = 3
     rounds_reuse_encoding: bool = False

@@ -1,6 +1,6 @@
 """SAM2_3dMedTrainer: SAM2-3dMed (Yang, Xu, Tian, arXiv 2510.08967), prompt-free, on nnU-Net's plans."""
 import os
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -49,10 +49,10 @@ class SAM2_3dMedTrainer(SAMTrainerBase):
         return super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                   num_output_channels, enable_deep_supervision)
 
-    def _write_architecture_into_plans(self, encoder: str) -> None:
+    @classmethod
+    def label_kwargs(cls, has_regions: bool) -> Dict:
         # region-based training decides the outputs (one sigmoid map per region, no background channel)
-        self.network_kwargs = {**type(self).network_kwargs, "regions": bool(self.label_manager.has_regions)}
-        super()._write_architecture_into_plans(encoder)
+        return {"regions": bool(has_regions)}
 
     def _build_loss(self):
         self.print_to_log_file(f"Loss: segmentation + {self.srpp_loss_weight} * SRPP + {self.bd_loss_weight} * BD")

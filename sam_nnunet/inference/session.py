@@ -8,7 +8,7 @@
     mask = session.undo()
 
 Every interaction is a refinement round: the model is run with all prompts so far and the previous prediction as its
-mask prompt (``sam_nnunet.prompts.predict.predict_rounds``). The image goes through nnU-Net's preprocessing once, and
+mask prompt (``sam_nnunet.inference.predict.predict_rounds``). The image goes through nnU-Net's preprocessing once, and
 the frozen encoder's output of every tile (and mirroring) is kept in the predictor's embedding cache, so an
 interaction runs only the decoder (ZAP25DPromptedNetwork).
 """
@@ -18,11 +18,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from sam_nnunet.prompts.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
-                                         world_to_file_index)
-from sam_nnunet.prompts.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
-from sam_nnunet.prompts.predictor import PromptedPredictor
-from sam_nnunet.prompts.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
+from sam_nnunet.inference.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
+                                           world_to_file_index)
+from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
+from sam_nnunet.inference.predictor import PromptedPredictor
+from sam_nnunet.inference.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
     click_point_label
 
 COORDINATES = ("array", "voxel", "world")

@@ -2,7 +2,7 @@
 
 Per case and per label (or region) nnU-Net's own ``compute_metrics`` gives Dice, IoU, TP, FP, FN, TN, n_ref,
 n_pred (unchanged, with nnU-Net's conventions: Dice and IoU are NaN where reference and prediction are both empty);
-:mod:`sam_nnunet.evaluation.surface` adds ``NSD`` (at ``tolerance_mm``) and ``HD95`` (mm), from the reference
+:mod:`sam_nnunet.metrics.surface` adds ``NSD`` (at ``tolerance_mm``) and ``HD95`` (mm), from the reference
 image's spacing. Means follow nnU-Net: ``mean[label][metric]`` is the mean over cases, skipping NaN (so Dice
 averages the cases where the label is present in the reference or the prediction); ``foreground_mean`` averages
 the label means except label 0. NSD and HD95 are never NaN (see ``surface``), so their means use every case.
@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from sam_nnunet.evaluation.surface import HD95_KEY, NSD_KEY, surface_metrics
+from sam_nnunet.metrics.surface import HD95_KEY, NSD_KEY, surface_metrics
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
 CSV_METRICS = ("Dice", NSD_KEY, HD95_KEY, "IoU", "TP", "FP", "FN", "TN", "n_ref", "n_pred")

@@ -12,6 +12,7 @@ What it cannot see: workspace that kernels allocate internally (cuDNN / oneDNN s
 fragmentation, the CUDA context. The check against measured peaks is ``sam_nnunet.planners.measure`` and
 documentation/planner.md.
 """
+import pydoc
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -22,6 +23,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
+
+
+def class_path(cls: type) -> str:
+    """The dotted path ``pydoc.locate`` finds a class by (``TrainingSetup.trainer``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _upper_bound(nbytes) -> int:
@@ -103,8 +109,9 @@ class TrainingSetup:
       batch_dice: the configuration's ``batch_dice`` (loss only; no effect on memory worth noting).
       deep_supervision_scales: the trainer's deep-supervision scales (finest first, nnU-Net's format), or None for
         a trainer that trains without deep supervision (SAMTrainerBase's default).
-      trainer: class name of the trainer whose loss the step uses (its own ``_build_loss``: e.g. SAM2_3dMedTrainer's
-        segmentation + auxiliary losses on the network's dict output), or None for nnU-Net's loss.
+      trainer: dotted class path (``class_path``) of the trainer whose loss the step uses (its own ``_build_loss``:
+        e.g. SAM2_3dMedTrainer's segmentation + auxiliary losses on the network's dict output), or None for nnU-Net's
+        loss. A path, not a name: this module sits below the trainers' registry.
       clicks_per_class, random_clicks: click prompts per training patch of a prompted trainer (its network takes
         ``(x, point_coords, point_labels)``): positive clicks per foreground class or region, clicks anywhere; 0 and
         0 for a network that takes none. The step gets every click slot filled (``make_clicks``): the most memory.
@@ -140,11 +147,9 @@ class TrainingSetup:
         from types import SimpleNamespace
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-        if self.trainer is None:
-            cls = nnUNetTrainer
-        else:
-            from sam_nnunet.info import get_trainer_class
-            cls = get_trainer_class(self.trainer)
+        cls = nnUNetTrainer if self.trainer is None else pydoc.locate(self.trainer)
+        if not isinstance(cls, type):
+            raise ValueError(f"no trainer class at {self.trainer!r}")
         trainer_state = cls.__new__(cls)
         vars(trainer_state).update(
             label_manager=self.label_manager(), configuration_manager=SimpleNamespace(batch_dice=self.batch_dice),

@@ -3,7 +3,7 @@ simulated from reference labels, optionally evaluated against those labels.
 
 Every case goes through nnU-Net's own preprocessing (``preprocessor.run_case``) and export
 (``export_prediction_from_logits``); its clicks are mapped into the preprocessed volume with the properties that
-preprocessing recorded (``sam_nnunet.prompts.geometry``). The clicks used are written to ``OUT/clicks.json`` (a
+preprocessing recorded (``sam_nnunet.inference.geometry``). The clicks used are written to ``OUT/clicks.json`` (a
 valid prompt file, voxel coordinates), so simulated clicks can be inspected and re-used.
 """
 import json
@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p, save_json
 
-from sam_nnunet.prompts.geometry import (ClickOutsideError, array_index_to_file, array_index_to_preprocessed,
-                                         box_array_to_preprocessed, check_box, file_index_to_array,
-                                         world_box_to_file_index, world_to_file_index)
-from sam_nnunet.prompts.predictor import PromptedPredictor
-from sam_nnunet.prompts.prompt_file import (Box, PromptFileError, Prompts, box_label, class_channels,
-                                            click_point_label, load_prompts)
+from sam_nnunet.inference.geometry import (ClickOutsideError, array_index_to_file, array_index_to_preprocessed,
+                                           box_array_to_preprocessed, check_box, file_index_to_array,
+                                           world_box_to_file_index, world_to_file_index)
+from sam_nnunet.inference.predictor import PromptedPredictor
+from sam_nnunet.inference.prompt_file import (Box, PromptFileError, Prompts, box_label, class_channels,
+                                              click_point_label, load_prompts)
+from sam_nnunet.metrics.evaluate import evaluate_folders
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 
@@ -290,7 +291,5 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
 
     if reference_folder is None:
         return None
-    from sam_nnunet.evaluation.evaluate import evaluate_folders
-
     return evaluate_folders(reference_folder, output_folder, classes, join(output_folder, "summary.json"),
                             tolerance_mm, lm.ignore_label, reader, file_ending, num_processes, chill=True)

@@ -19,7 +19,7 @@ export. What changes:
     mirrored with the tile;
   - ``embedding_cache`` (a dict, off by default): the frozen encoder's output of every tile, mirroring and fold is
     kept, so that predicting the same image again with other prompts (an interactive session,
-    ``sam_nnunet.prompts.session``) runs the decoder only (networks with ``encoded``: ZAP25DPromptedNetwork).
+    ``sam_nnunet.inference.session``) runs the decoder only (networks with ``encoded``: ZAP25DPromptedNetwork).
 """
 import itertools
 from typing import NamedTuple, Optional, Tuple

@@ -1,0 +1,2 @@
+"""Prediction with prompts: nnU-Net's predictor with clicks and boxes, prompt files and their geometry, the
+interactive session."""
