@@ -5,13 +5,11 @@ like the MSD hippocampus task); a user with Medical Segmentation Decathlon data 
 """
 import json
 import os
-import shlex
-import subprocess
-import sys
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from sam_nnunet.commands import run_command
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.synthetic import synthetic_case, write_image
@@ -70,12 +68,6 @@ def make_msd_subset(msd_task_dir: str, out_parent: str, num_train: int, num_test
     return out
 
 
-def run(cmd: List[str], env: Optional[Dict[str, str]] = None) -> None:
-    """Run one command as a user would type it, echoing it first; stop on failure."""
-    print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
 def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMAdapterTrainer",
              epochs: int = 6, iterations: int = 25, fold: int = 0) -> str:
     """Generate (or convert) a dataset, plan and preprocess, train one fold, predict the test images, evaluate.
@@ -105,10 +97,8 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
                          f"another --work-dir")
 
     device = "cuda" if _cuda_available() else "cpu"
-    bin_dir = os.path.dirname(sys.executable)
-    tool = lambda name: os.path.join(bin_dir, name) if os.path.exists(os.path.join(bin_dir, name)) else name
     if msd_task:
-        run([tool("nnUNetv2_convert_MSD_dataset"), "-i", msd_task], env)
+        run_command(["nnUNetv2_convert_MSD_dataset", "-i", msd_task], env)
         task_id = int(os.path.basename(os.path.normpath(msd_task)).split("_")[0][4:])
         dataset = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{task_id:03d}_")][0]
     else:
@@ -118,16 +108,15 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = "SAMA
     raw = os.path.join(env["nnUNet_raw"], dataset)
     predictions = os.path.join(work_dir, "predictions")
 
-    run([tool("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], env)
-    run([tool("nnUNetv2_train"), dataset_id, "3d_fullres", str(fold), "-tr", trainer, "-device", device], env)
-    run([tool("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id,
-         "-c", "3d_fullres", "-tr", trainer, "-f", str(fold), "-device", device, "-npp", "1", "-nps", "1"], env)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
+                 "--verify_dataset_integrity"], env)
+    run_command(["nnUNetv2_train", dataset_id, "3d_fullres", str(fold), "-tr", trainer, "-device", device], env)
+    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id,
+                 "-c", "3d_fullres", "-tr", trainer, "-f", str(fold), "-device", device, "-npp", "1", "-nps", "1"], env)
     labels_ts = os.path.join(raw, "labelsTs")
     if os.path.isdir(labels_ts) and os.listdir(labels_ts):
-        run([tool("nnUNetv2_evaluate_folder"), labels_ts, predictions,
-             "-djfile", os.path.join(predictions, "dataset.json"), "-pfile", os.path.join(predictions, "plans.json")],
-            env)
+        run_command(["nnUNetv2_evaluate_folder", labels_ts, predictions, "-djfile",
+                     os.path.join(predictions, "dataset.json"), "-pfile", os.path.join(predictions, "plans.json")], env)
         with open(os.path.join(predictions, "summary.json")) as f:
             summary = json.load(f)
         print("\nDice on the held-out test cases: " + ", ".join(

@@ -12,8 +12,8 @@ from sam_nnunet.trainers.registry import trainer_classes
 PACKAGE = pathlib.Path(sam_nnunet.__file__).parent
 
 # low to high: a module may import its own unit and the units before it (README.md, "Layout")
-LAYERS = ["sam_nnunet", "errors", "settings", "synthetic", "fold_lock", "nnunet_env", "nnunet_prediction", "encoders",
-          "prompts", "blocks", "decoders", "losses", "networks", "nnunet_checkpoint", "trainers", "metrics",
+LAYERS = ["sam_nnunet", "errors", "settings", "synthetic", "fold_lock", "nnunet_env", "commands", "nnunet_prediction",
+          "nnunet_checkpoint", "encoders", "prompts", "blocks", "decoders", "losses", "networks", "trainers", "metrics",
           "inference", "planners", "evaluation", "nnunet_ext", "info", "demo", "cli"]
 
 # what models trained with sam-nnunet name in plans.json ("network_class_name"); a moved class keeps an alias here

@@ -11,13 +11,13 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from sam_nnunet import settings
+from sam_nnunet.commands import CommandFailed, run_command
 from sam_nnunet.encoders.pretrained import adapts
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.evaluation.machine import describe_machine
@@ -179,33 +179,31 @@ def run_one(s: BenchmarkSettings, trainer: str, index: int, show_progress: bool 
            files["result.json"], files["progress.jsonl"]]
     bar = tqdm(total=1, desc=f"[{index + 1}/{len(s.trainers)}] {trainer} starting", unit="step", leave=True,
                disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
-    start, shown = time.time(), None
-    with open(files["log.txt"], "w") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   env=worker_environment(s, trainer, results_dir))
-        try:
-            while process.poll() is None:
-                time.sleep(0.5)
-                state = _read_progress(files["progress.jsonl"])
-                if state and state != shown:  # redraw on change only (a log file is not a terminal)
-                    if shown is None or state["stage"] != shown["stage"]:
-                        bar.set_description_str(f"[{index + 1}/{len(s.trainers)}] {trainer} {state['stage']}",
-                                                refresh=False)
-                        bar.reset(total=max(1, state["total"]))
-                    shown = state
-                    bar.n = state["done"]
-                    bar.refresh()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise
-        finally:
-            bar.close()
+    start, shown = time.time(), {}
+
+    def show_progress_state() -> None:
+        state = _read_progress(files["progress.jsonl"])
+        if state and state != shown:  # redraw on change only (a log file is not a terminal)
+            if not shown or state["stage"] != shown["stage"]:
+                bar.set_description_str(f"[{index + 1}/{len(s.trainers)}] {trainer} {state['stage']}", refresh=False)
+                bar.reset(total=max(1, state["total"]))
+            shown.clear()
+            shown.update(state)
+            bar.n = state["done"]
+            bar.refresh()
+
+    returncode = 0
+    try:
+        run_command(cmd, worker_environment(s, trainer, results_dir), files["log.txt"], show_progress_state)
+    except CommandFailed as e:
+        returncode = e.returncode
+    finally:
+        bar.close()
     if os.path.isfile(files["result.json"]):
         with open(files["result.json"]) as f:
             result = json.load(f)
     else:
-        result = {"status": "failed", "error": f"the worker ended with status {process.returncode} before writing "
+        result = {"status": "failed", "error": f"the worker ended with status {returncode} before writing "
                                               f"a result (out of memory?)"}
     if result.get("status") != "ok":
         with open(files["log.txt"]) as f:

@@ -23,13 +23,13 @@ import os
 import random
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sam_nnunet import settings
+from sam_nnunet.commands import run_command
 from sam_nnunet.evaluation.machine import describe_machine, machine_line
 from sam_nnunet.evaluation.prompted import paper_tiles
 from sam_nnunet.metrics.evaluate import evaluate
@@ -43,7 +43,6 @@ BASELINE = "nnUNetTrainerShortRun"  # nnUNetTrainer + the budget (trainers.short
 DEFAULT_TRAINERS = (BASELINE, "ZAP25DSAMTrainer:litemedsam", "ZAP25DSAMTrainer_prompted:litemedsam")
 OVERRIDE_PLANS = "LearningCurvePlans"
 FIRST_DATASET_ID = 600
-BIN = os.path.dirname(sys.executable)
 
 
 @dataclass
@@ -91,23 +90,6 @@ class CurveSettings:
 
 
 # ---- cases and datasets --------------------------------------------------------------------------------------------
-def _run(cmd: Sequence, env: Dict[str, str], log: str) -> float:
-    """A console script of this environment, output appended to ``log``; returns its wall seconds."""
-    cmd = [c if os.sep in str(c) or not str(c).startswith(("nnUNetv2_", "sam-nnunet")) else os.path.join(BIN, c)
-           for c in map(str, cmd)]
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    start = time.time()
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-        f.flush()
-        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:
-        with open(log) as f:
-            tail = f.read()[-2000:]
-        raise RuntimeError(f"{os.path.basename(cmd[0])} failed ({rc}); see {log}:\n{tail}")
-    return time.time() - start
-
-
 def _labelled_cases(folder: str, ending: str) -> List[str]:
     labels = os.path.join(folder, "labelsTr")
     return sorted(f[:-len(ending)] for f in os.listdir(labels) if f.endswith(ending) and not f.startswith("."))
@@ -122,7 +104,7 @@ def resolve_source(s: CurveSettings, env: Dict[str, str], log: str) -> str:
         number, name = task[4:].split("_", 1)
         target = os.path.join(env["nnUNet_raw"], f"Dataset{int(number):03d}_{name}")
         if not os.path.isfile(os.path.join(target, "dataset.json")):
-            _run(["nnUNetv2_convert_MSD_dataset", "-i", os.path.abspath(s.source), "-np", s.processes], env, log)
+            run_command(["nnUNetv2_convert_MSD_dataset", "-i", os.path.abspath(s.source), "-np", s.processes], env, log)
         return target
     raw = os.environ.get("nnUNet_raw")
     if not raw:
@@ -223,8 +205,8 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
     # nnUNet_n_proc_DA=0 (in-process augmentation) is for nnUNetv2_train: nnU-Net's planner passes the variable to
     # torch.set_num_threads, which refuses 0
     plan_env = {k: v for k, v in env.items() if not (k == "nnUNet_n_proc_DA" and v.strip() == "0")}
-    _run(["nnUNetv2_plan_and_preprocess", "-d", entry["id"], "-c", s.configuration, "-np", s.processes, "-npfp",
-          s.processes, "--verify_dataset_integrity"], plan_env, log)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", entry["id"], "-c", s.configuration, "-np", s.processes, "-npfp",
+                 s.processes, "--verify_dataset_integrity"], plan_env, log)
     if s.configuration_override:  # a copy of nnU-Net's plans, edited as a user would, preprocessed again
         with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
             plan = json.load(f)
@@ -232,8 +214,8 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
         plan["configurations"][s.configuration].update(
             {**s.configuration_override, "data_identifier": f"{plans}_{s.configuration}"})
         _atomic_json(os.path.join(preprocessed, plans + ".json"), plan)
-        _run(["nnUNetv2_preprocess", "-d", entry["id"], "-plans_name", plans, "-c", s.configuration, "-np",
-              s.processes], plan_env, log)
+        run_command(["nnUNetv2_preprocess", "-d", entry["id"], "-plans_name", plans, "-c", s.configuration, "-np",
+                     s.processes], plan_env, log)
     open(done_marker, "w").close()
     return name, plans
 
@@ -291,8 +273,8 @@ def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, 
         train_env[settings.CACHE_BUILD_FIRST] = "1"
     wall, load = None, os.getloadavg()
     if not done:
-        wall = _run(["nnUNetv2_train", dataset.split("_")[0][7:], s.configuration, "all", "-tr", trainer, "-p", plans,
-                     "-device", s.device], train_env, log)
+        wall = run_command(["nnUNetv2_train", dataset.split("_")[0][7:], s.configuration, "all", "-tr", trainer,
+                            "-p", plans, "-device", s.device], train_env, log)
         record = _load(record_file)
         if record is None:
             raise RuntimeError(f"{trainer} wrote no {RECORD_FILE}: was it trained with the time budget? See {log}")
@@ -312,13 +294,14 @@ def predict_and_score(s: CurveSettings, trainer: str, trained: Dict, dataset: st
     tta = ["--disable_tta"] if s.disable_tta else []
     start = time.time()
     if clicks == 0:
-        _run(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset.split("_")[0][7:], "-c", s.configuration,
-              "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device,
-              "-npp", s.prediction_processes, "-nps", s.prediction_processes, *tta], env, log)
+        run_command(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset.split("_")[0][7:], "-c",
+                     s.configuration, "-p", plans, "-tr", trainer, "-f", "all", "-chk", checkpoint, "-device", s.device,
+                     "-npp", s.prediction_processes, "-nps", s.prediction_processes, *tta], env, log)
     else:
-        _run(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", trained["model"], "-f", "all",
-              "--simulate-clicks", clicks, "--reference", labels, "--tiles", s.click_tiles or paper_tiles(trainer),
-              "-device", s.device, "-chk", checkpoint, "-npp", 1, *tta], env, log)
+        run_command(["sam-nnunet", "predict-prompted", "-i", images, "-o", out, "-m", trained["model"], "-f", "all",
+                     "--simulate-clicks", clicks, "--reference", labels, "--tiles",
+                     s.click_tiles or paper_tiles(trainer), "-device", s.device, "-chk", checkpoint, "-npp", 1, *tta],
+                    env, log)
     predict_seconds = time.time() - start
     # what `sam-nnunet evaluate -ref LABELS -pred OUT -djfile ... -pfile ...` does, in this process (the command's
     # start-up would cost as much as the scoring)
