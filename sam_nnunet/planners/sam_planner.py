@@ -20,6 +20,7 @@ The plans are sized for one method, the first of ``trainers`` (default SAMAdapte
 size, batch size and architecture. Each configuration records what it was sized for in ``sam_planner``; trainers
 read only nnU-Net's standard fields.
 """
+import functools
 import json
 import pydoc
 from dataclasses import dataclass
@@ -79,8 +80,8 @@ class PlannedMethod:
     network_class: str
     network_kwargs: Dict  # the encoder, its encoder_kwargs and the trainer's network_kwargs
 
-    @property
-    def network(self) -> type:
+    @functools.cached_property
+    def network(self) -> type:  # asked by grid, declares_grid and deep_supervision_scales: located once
         network = pydoc.locate(self.network_class)
         if not isinstance(network, type):
             raise PlanningError(f"{self.trainer}.network_class {self.network_class!r} names no class")
