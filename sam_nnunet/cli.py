@@ -51,7 +51,7 @@ def _cmd_interaction(args) -> None:
     try:
         result = evaluate_interaction(args.m, args.f, args.prompts, args.rounds, args.clicks, args.target_dice,
                                       args.seed, args.zero_shot, args.tiles, args.cases, torch.device(args.device),
-                                      args.chk, not args.tta, args.o, args.label)
+                                      args.chk, not args.tta, args.o, args.label, args.merge)
     except (ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
     from sam_nnunet.evaluation.report import interaction_table, write_interaction_chart
@@ -263,7 +263,11 @@ def _add_interaction(sub) -> None:
     p.add_argument("--zero-shot", action="store_true",
                    help="the pretrained weights (nnUNet_SAM_checkpoint, or LiteMedSAM's packaged ones) instead of "
                         "the trained checkpoint: the baseline row")
-    p.add_argument("--label", default=None, help="the rows' trainer name (default: the model's, +zero-shot)")
+    p.add_argument("--merge", default="progressive", choices=("progressive", "none"),
+                   help="progressive (default): a correction changes the previous mask only where the change is "
+                        "connected to its click (FocalClick); none: the new prediction everywhere")
+    p.add_argument("--label", default=None,
+                   help="the rows' trainer name (default: the model's, +zero-shot, +no-merge with --merge none)")
     p.add_argument("--cases", nargs="+", default=None, help="preprocessed cases (default: the fold's validation)")
     p.add_argument("--tiles", default=None, choices=("all", "clicked", "centred"),
                    help="default: the trainer's paper protocol (ZAP: clicked)")

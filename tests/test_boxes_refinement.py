@@ -12,7 +12,7 @@ from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS
 from sam_nnunet.networks.zap25d_prompted import ZAP25DPromptedNetwork
 from sam_nnunet.prompts.boxes import sample_boxes_from_target
 from sam_nnunet.prompts.clicks import NO_CLICK, click_label
-from sam_nnunet.prompts.corrections import correction_click, region_correction_click
+from sam_nnunet.prompts.corrections import correction_click, progressive_merge, region_correction_click
 
 
 def _tiny(classes=3, seed=0):
@@ -166,6 +166,43 @@ def test_the_correction_click_is_at_the_centre_of_the_largest_error():
     # regions: outside the reference region a negative click of that region
     voxel, label = region_correction_click(over[None] == 1, reference[None] == 1)
     assert label == click_label(0, negative=True)
+
+
+def _logits(segmentation, classes=3):
+    """Label map -> logits (classes, *S) whose argmax is it (+5 on the label, 0 elsewhere)."""
+    return 5.0 * torch.nn.functional.one_hot(torch.as_tensor(segmentation), classes).movedim(-1, 0).float()
+
+
+def test_progressive_merge_keeps_only_the_change_connected_to_the_click():
+    previous = np.zeros((12, 12, 12), dtype=np.int64)
+    previous[2:6, 2:6, 2:6] = 1
+    new = previous.copy()
+    new[2:6, 2:6, 6:8] = 1        # grown where the click is: kept
+    new[9:11, 9:11, 9:11] = 2     # a change far from it: the previous prediction comes back
+    new[2, 2, 2] = 0              # a change touching the previous mask, not connected to the grown part
+    merged = progressive_merge(_logits(previous), _logits(new), np.array([[4.2, 3.9, 6.6]]), None, False)
+    expected = previous.copy()
+    expected[2:6, 2:6, 6:8] = 1
+    np.testing.assert_array_equal(merged.argmax(0).numpy(), expected)
+    # where the segmentations agree the new logits stay (a more confident mask prompt for the next round)
+    confident = _logits(new) * 2
+    assert torch.equal(progressive_merge(_logits(previous), confident, np.array([[4, 4, 6]]), None, False)[:, 0, 0, 0],
+                       confident[:, 0, 0, 0])
+    # a change the click's voxel is not part of is not taken; a box anchors the changes it meets
+    np.testing.assert_array_equal(progressive_merge(_logits(previous), _logits(new), np.array([[0, 0, 11]]), None,
+                                                    False).argmax(0).numpy(), previous)
+    boxed = progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), np.array([[[8, 8, 8], [9, 9, 9]]]),
+                              False).argmax(0).numpy()
+    assert (boxed[9:11, 9:11, 9:11] == 2).all() and (boxed[2:6, 2:6, 6:8] == 0).all()
+    # no new prompt in the round: the new prediction
+    assert torch.equal(progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), None, False),
+                       _logits(new))
+    # regions (logit > 0 per channel): a change in any region is one change
+    prev_regions = torch.stack([_logits(previous)[1] - 2.5, _logits(previous)[1] - 2.5])
+    new_regions = torch.stack([_logits(new)[1] - 2.5, (_logits(new)[2] - 2.5)])
+    merged = progressive_merge(prev_regions, new_regions, np.array([[10, 10, 10]]), None, True) > 0
+    assert merged[1, 9:11, 9:11, 9:11].all() and not merged[0, 2:6, 2:6, 6:8].any()
+    assert torch.equal(merged[0, 2:6, 2:6, 2:6], prev_regions[0, 2:6, 2:6, 2:6] > 0)
 
 
 def test_simulated_rounds_run_the_encoder_once_and_add_one_correction_click_each(monkeypatch):

@@ -63,7 +63,8 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
                                                             for r in (0, 1)}
     zero = [r for r in rows if not r["trained"]]
     assert {(r["trainer"], r["prompt"], r["round"]) for r in zero} == {(TRAINER + "+zero-shot", "box", 0)}
-    assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice"} for r in rows)
+    assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice", "merge"} for r in rows)
+    assert {r["merge"] for r in rows} == {"progressive"}
     assert all(r["dice"] is not None and 0 <= r["dice"] <= 1 for r in rows)  # every case has both classes
     assert result["cases"] == [case] and set(result["rounds_to_target"]) == {TRAINER, TRAINER + "+zero-shot"}
     assert len(result["per_case"][TRAINER]["box"][case]) == 2  # round 0 and 1
@@ -80,6 +81,17 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
     assert [r for r in again["rows"] if not r["trained"]] == zero
     assert set(again["per_case"][TRAINER]) == set(again["rounds_to_target"][TRAINER]) == {"box", "clicks", "box+clicks"}
     assert len(again["per_case"][TRAINER]["box"][case]) == 3
+
+    # without the progressive merge: rows of their own, beside the merged ones
+    cli.main(["interaction", "-m", folder, "-f", "0", "--rounds", "1", "--cases", case, "-o", out, "--prompts", "box",
+              "--merge", "none"])
+    plain = json.load(open(out))
+    unmerged = [r for r in plain["rows"] if r["trainer"] == TRAINER + "+no-merge"]
+    assert {(r["prompt"], r["round"], r["merge"]) for r in unmerged} == {("box", 0, "none"), ("box", 1, "none")}
+    assert len(plain["rows"]) == len(again["rows"]) + 2
+    # round 0 has no previous mask to merge into: the same Dice either way
+    assert unmerged[0]["dice"] == next(r["dice"] for r in again["rows"] if r["trainer"] == TRAINER
+                                       and r["prompt"] == "box" and r["round"] == 0)
 
 
 def test_interaction_refuses_unknown_prompt_kinds(model_folder):
@@ -149,3 +161,16 @@ def test_predict_prompted_with_a_box_and_rounds(model_folder, synthetic_dataset,
     with pytest.raises(SystemExit, match=rf"case '{case}', click 0 \(a box\): the box .* outside the image"):
         cli.main(["predict-prompted", "-i", one, "-o", str(tmp_path / "out2"), "-m", folder, "-f", "0", "--prompts",
                   path])
+
+
+def test_interaction_table_says_when_no_case_reaches_the_target():
+    from sam_nnunet.evaluation.report import interaction_table
+
+    rows = [{"trainer": "T", "trained": True, "prompt": "box", "round": r, "dice": d, "merge": "progressive"}
+            for r, d in enumerate([0.5, 0.6, 0.7])]
+    rows += [{"trainer": "T", "trained": True, "prompt": "clicks", "round": r, "dice": d, "merge": "progressive"}
+             for r, d in enumerate([0.8, 0.9, 0.95])]
+    table = interaction_table({"rows": rows, "target_dice": 0.9,
+                               "rounds_to_target": {"T": {"box": 3.0, "clicks": 1.5}}})
+    assert "| T | yes | box | 0.500 | 0.600 | 0.700 | none within 2 |" in table
+    assert "| T | yes | clicks | 0.800 | 0.900 | 0.950 | 1.5 |" in table

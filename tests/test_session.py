@@ -76,6 +76,40 @@ def test_mask_prompt_and_boxes_round_trip_through_tiles_and_mirrorings(setup):
     torch.testing.assert_close(last[2].float(), 20.0 * inside, atol=2e-2, rtol=1e-2)
 
 
+class DriftNetwork(nn.Module):
+    """Each click paints its class on the 3^3 voxels around it (on top of the mask prompt); with an odd number of
+    clicks it also paints class 1 in the volume's first corner voxels: a change far from the newest click."""
+    takes_clicks = takes_boxes = True
+
+    def forward(self, x, point_coords=None, point_labels=None, boxes=None, box_labels=None, mask_prompt=None):
+        b, _, *size = x.shape
+        logits = torch.zeros(b, 3, *size)
+        if mask_prompt is not None:
+            logits[:, 1:] = mask_prompt
+        for i in range(b):
+            valid = [(p, int(label)) for p, label in zip(point_coords[i], point_labels[i]) if label >= 0]
+            for p, label in valid:
+                lo = [max(0, int(round(float(v))) - 1) for v in p]
+                logits[i, label // 2, lo[0]:lo[0] + 3, lo[1]:lo[1] + 3, lo[2]:lo[2] + 3] += 10
+            logits[i, 1, :2, :2, :2] += 10 if len(valid) % 2 else -10
+        return logits
+
+
+@pytest.mark.parametrize("merge", ["progressive", "none"])
+def test_rounds_merge_a_correction_only_where_its_change_is_connected_to_it(setup, merge):
+    predictor = _predictor(setup, DriftNetwork(), mirroring=False, gaussian=False)
+    shape = (16, 16, 16)  # one tile
+    properties = {"shape_before_cropping": shape, "bbox_used_for_cropping": [[0, s] for s in shape],
+                  "shape_after_cropping_and_before_resampling": shape}
+    prompts = CasePrompts.of(points=[[8.0, 8.0, 8.0]], labels=[click_label(2)]).add(
+        points=[[12.0, 12.0, 12.0]], labels=[click_label(1)], at_round=1)
+    segmentation = predict_rounds(predictor, torch.randn(1, *shape), prompts, properties, merge).float().argmax(0)
+    assert (segmentation[7:10, 7:10, 7:10] == 2).all() and (segmentation[11:14, 11:14, 11:14] == 1).all()
+    # round 1 took the corner away (an even number of clicks); connected to no new click, the merge puts it back
+    assert bool((segmentation[:2, :2, :2] == 1).all()) == (merge == "progressive")
+    assert int((segmentation > 0).sum()) == 27 + 27 + (8 if merge == "progressive" else 0)
+
+
 def test_a_clicks_only_network_refuses_boxes(setup):
     class ClicksOnly(nn.Module):
         takes_clicks = True

@@ -1,12 +1,14 @@
 """Interactive segmentation evaluated as the field does it (SAM, nnInteractive, SAM-Med3D): a first prompt from the
 reference label, then correction rounds, each adding a click at the centre of the largest error region of the
-previous round's prediction, the previous prediction given back as mask prompt. Dice after every round, per prompt
-kind: ``box`` (one box per class, the reference's bounding box), ``clicks`` (N clicks per class), ``box+clicks``.
+previous round's prediction, the previous prediction given back as mask prompt and, by default, the new prediction
+merged into it where its change is connected to the click (``merge="progressive"``, FocalClick's progressive merge;
+``"none"``: the new prediction everywhere). Dice after every round, per prompt kind: ``box`` (one box per class,
+the reference's bounding box), ``clicks`` (N clicks per class), ``box+clicks``.
 
 ``evaluate_interaction(model_folder, fold)`` predicts the fold's validation cases (nnU-Net's preprocessed data and
 ``gt_segmentations``, as nnU-Net's own validation) and returns / writes ``interaction.json``:
 
-    {"rows": [{"trainer", "trained", "prompt", "round", "dice"}, ...],   dice: foreground mean over the cases
+    {"rows": [{"trainer", "trained", "prompt", "round", "dice", "merge"}, ...],   dice: foreground mean over cases
      "rounds_to_target": {prompt: mean rounds to reach target_dice (cases that never reach it count rounds + 1)},
      "target_dice", "cases", "tiles", "seed", "per_case": {prompt: {case: [dice per round]}}}
 
@@ -25,9 +27,9 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from sam_nnunet.encoders.pretrained import choose_encoder
 from sam_nnunet.evaluation.prompted import paper_tiles
-from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
+from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, refine_case_prompts
 from sam_nnunet.prompts.clicks import click_label
-from sam_nnunet.prompts.corrections import correction_click
+from sam_nnunet.prompts.corrections import MERGES, correction_click
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 from sam_nnunet.trainers.checkpoints import atomic_write
 from sam_nnunet.trainers.registry import find_trainer_class
@@ -83,10 +85,11 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
                          zero_shot: bool = False, tiles: Optional[str] = None,
                          cases: Optional[Sequence[str]] = None, device: Optional[torch.device] = None,
                          checkpoint_name: str = "checkpoint_final.pth", disable_tta: bool = True,
-                         output_file: Optional[str] = None, label: Optional[str] = None) -> dict:
+                         output_file: Optional[str] = None, label: Optional[str] = None,
+                         merge: str = "progressive") -> dict:
     """Dice after the first prompt and after 1..``rounds`` corrections, per prompt kind, on a fold's validation
     cases (or ``cases`` of the preprocessed dataset). ``label``: the ``trainer`` of the rows (default: the model's
-    trainer, ``+zero-shot`` appended for zero-shot). ``output_file``: where the JSON goes (rows of an existing file
+    trainer, ``+zero-shot`` appended for zero-shot, ``+no-merge`` for ``merge="none"``). ``output_file``: where the JSON goes (rows of an existing file
     with other trainer / trained values are kept, so the zero-shot and trained runs fill one table)."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.paths import nnUNet_preprocessed
@@ -97,6 +100,8 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
         raise ValueError(f"prompt kinds are {', '.join(PROMPT_KINDS)}; got {list(prompts)}")
     if rounds < 0 or clicks < 1:
         raise ValueError("rounds must be >= 0 and clicks >= 1")
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
     device = device or torch.device("cpu")
     predictor = load_prompted_predictor(model_folder, [fold], device, "all", disable_tta=disable_tta,
                                         checkpoint_name=checkpoint_name)
@@ -133,9 +138,9 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
             if "clicks" in kind:
                 points, labels = simulate_clicks(reference, classes, lm.has_regions, clicks, case_rng(seed, case))
                 state = state.add(points=points, labels=labels)
-            dice, mask = [], None
+            dice, logits = [], None
             for r in range(rounds + 1):
-                logits = predict_case_prompts(predictor, data, state, properties, mask).cpu()
+                logits = refine_case_prompts(predictor, data, state, properties, logits, merge).cpu()
                 segmentation = np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
                     logits, pm, cm, lm, properties, return_probabilities=False))
                 dice.append(foreground_dice(segmentation, reference, classes, lm.has_regions, ignore))
@@ -146,18 +151,18 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
                     dice += [dice[-1]] * (rounds - r)
                     break
                 state = state.add(points=click[0][None].astype(np.float64), labels=[click[1]], at_round=r + 1)
-                mask = predictor.mask_prompt_of(logits)
             per_case[kind][case] = dice
         predictor.embedding_cache = None
 
-    trainer = label or (predictor.trainer_name + ("+zero-shot" if zero_shot else ""))
+    trainer = label or (predictor.trainer_name + ("+zero-shot" if zero_shot else "") +
+                        ("+no-merge" if merge == "none" and rounds else ""))
     rows, to_target = [], {}
     for kind in prompts:
         table = np.array([per_case[kind][c] for c in cases], dtype=np.float64)  # (cases, rounds + 1)
         for r in range(rounds + 1):
             rows.append({"trainer": trainer, "trained": not zero_shot, "prompt": kind, "round": r,
                          "dice": round(float(np.nanmean(table[:, r])), 4) if np.isfinite(table[:, r]).any()
-                         else None})
+                         else None, "merge": merge})
         reached = [next((r for r, d in enumerate(row) if d >= target_dice), rounds + 1) for row in table]
         to_target[kind] = float(np.mean(reached))
     result = {"rows": rows, "rounds_to_target": {trainer: to_target}, "target_dice": target_dice,

@@ -122,7 +122,8 @@ def interaction_rows_table(result: Dict) -> List[str]:
               "target_dice": runs[0]["interaction"].get("target_dice", 0.9)}
     return ["", "Interaction (`sam-nnunet interaction`'s protocol) on the same cases: a first prompt from the "
             "reference (box: each class's bounding box; clicks: one per class; box+clicks), then correction rounds, "
-            "each a click at the centre of the largest error, the previous prediction as mask prompt. Foreground "
+            "each a click at the centre of the largest error, the previous prediction as mask prompt, merged "
+            "where the change is connected to the click (progressive merge). Foreground "
             "mean Dice per round; *zero-shot*: the pretrained weights alone, the baseline training has to beat.", "",
             interaction_table(merged, weights=("trained", "zero-shot")).rstrip("\n")]
 
@@ -136,8 +137,9 @@ def interaction_series(result: dict) -> Dict[tuple, List[tuple]]:
 
 
 def interaction_table(result: dict, weights: tuple = ("yes", "no (zero-shot)")) -> str:
-    """Markdown: one line per trainer / trained / prompt, Dice per round, rounds to the target Dice; ``weights``
-    names a trained row and a zero-shot one."""
+    """Markdown: one line per trainer / trained / prompt, Dice per round, mean rounds to the target Dice (a case that
+    never reaches it counts one round more than were run; "none within N" where no case does); ``weights`` names a
+    trained row and a zero-shot one."""
     series = interaction_series(result)
     rounds = max((r for points in series.values() for r, _ in points), default=0)
     head = ["trainer", "trained", "prompt"] + [f"round {r}" for r in range(rounds + 1)] + [
@@ -148,7 +150,9 @@ def interaction_table(result: dict, weights: tuple = ("yes", "no (zero-shot)")) 
         cells = [trainer, weights[0] if trained else weights[1], prompt] + [
             "" if dice.get(r) is None else f"{dice[r]:.3f}" for r in range(rounds + 1)]
         target = result.get("rounds_to_target", {}).get(trainer, {}).get(prompt)
-        lines.append("| " + " | ".join(cells + ["" if target is None else f"{target:.1f}"]) + " |")
+        last = max(dice)  # a case that never reaches the target counts last + 1 in the mean
+        reached = "" if target is None else f"none within {last}" if target >= last + 1 else f"{target:.1f}"
+        lines.append("| " + " | ".join(cells + [reached]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.inference.prompt_file import (Box, PromptFileError, Prompts, box_label, class_channels,
                                               click_point_label, load_prompts)
 from sam_nnunet.metrics.evaluate import evaluate_folders
+from sam_nnunet.prompts.corrections import MERGES, progressive_merge
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 
@@ -77,7 +78,14 @@ class CasePrompts:
         return int(max([0, *self.point_rounds.tolist(), *self.box_rounds.tolist()])) + 1
 
     def upto(self, r: int) -> "CasePrompts":
-        p, b = self.point_rounds <= r, self.box_rounds <= r
+        """The prompts of rounds 0..r."""
+        return self._select(self.point_rounds <= r, self.box_rounds <= r)
+
+    def of_round(self, r: int) -> "CasePrompts":
+        """The prompts added in round r."""
+        return self._select(self.point_rounds == r, self.box_rounds == r)
+
+    def _select(self, p: np.ndarray, b: np.ndarray) -> "CasePrompts":
         return CasePrompts(self.points[p], self.labels[p], self.boxes[b], self.box_labels[b], self.point_rounds[p],
                            self.box_rounds[b])
 
@@ -95,27 +103,49 @@ def predict_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, promp
     """Logits (num_heads, *S) of a preprocessed case with its prompts (array indices, mapped through nnU-Net's
     preprocessing with ``properties``) and the previous round's mask prompt (``predictor.mask_prompt_of``).
     Raises ClickOutsideError for a prompt outside what nnU-Net segments."""
-    pm = predictor.plans_manager
-    shape = data.shape[1:]
-    inside = array_index_to_preprocessed(prompts.points, properties, pm.transpose_forward, shape)
-    boxes = None
-    if len(prompts.boxes):
-        boxes = np.stack([box_array_to_preprocessed(b, properties, pm.transpose_forward, shape)
-                          for b in prompts.boxes])
-    return predictor.predict_logits_with_clicks(data, inside, prompts.labels, boxes,
+    points, boxes = _preprocessed_prompts(predictor, prompts, properties, data.shape[1:])
+    return predictor.predict_logits_with_clicks(data, points, prompts.labels, boxes,
                                                 None if boxes is None else prompts.box_labels, mask_prompt)
 
 
+def refine_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts, properties: dict,
+                        previous: Optional[torch.Tensor] = None, merge: str = "progressive") -> torch.Tensor:
+    """One interaction round: logits (num_heads, *S) with every prompt so far and ``previous`` (the last round's
+    logits, or None; a network without mask prompt refuses it) as mask prompt. ``merge``: "progressive" (default) keeps the
+    previous logits wherever the change is not connected to this round's new prompts (the prompts of
+    ``prompts``' last round; ``corrections.progressive_merge``), "none" takes the new prediction everywhere."""
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
+    mask = None if previous is None else predictor.mask_prompt_of(previous)
+    logits = predict_case_prompts(predictor, data, prompts, properties, mask)
+    if previous is None or merge == "none":
+        return logits
+    points, boxes = _preprocessed_prompts(predictor, prompts.of_round(prompts.num_rounds - 1), properties,
+                                          data.shape[1:])
+    return progressive_merge(previous.to(logits.device), logits, points, boxes, predictor.label_manager.has_regions)
+
+
+def _preprocessed_prompts(predictor: PromptedPredictor, prompts: CasePrompts, properties: dict,
+                          shape: Sequence[int]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Clicks (N, 3) and boxes (M, 2, 3) (None without) of ``prompts`` in the preprocessed volume of ``shape``."""
+    transpose = predictor.plans_manager.transpose_forward
+    points = array_index_to_preprocessed(prompts.points, properties, transpose, shape)
+    boxes = None
+    if len(prompts.boxes):
+        boxes = np.stack([box_array_to_preprocessed(b, properties, transpose, shape) for b in prompts.boxes])
+    return points, boxes
+
+
 def predict_rounds(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts,
-                   properties: dict) -> torch.Tensor:
+                   properties: dict, merge: str = "progressive") -> torch.Tensor:
     """The last round's logits: round r is predicted with the prompts of rounds 0..r and round r - 1's prediction as
-    mask prompt; the frozen encoder runs once for all rounds (the predictor's embedding cache)."""
+    mask prompt, merged into it (``refine_case_prompts``); the frozen encoder runs once for all rounds (the
+    predictor's embedding cache)."""
     logits = None
     predictor.embedding_cache = {} if prompts.num_rounds > 1 else None
     try:
         for r in range(prompts.num_rounds):
-            mask = None if logits is None else predictor.mask_prompt_of(logits)
-            logits = predict_case_prompts(predictor, data, prompts.upto(r), properties, mask)
+            logits = refine_case_prompts(predictor, data, prompts.upto(r), properties, logits, merge)
     finally:
         predictor.embedding_cache = None
     return logits

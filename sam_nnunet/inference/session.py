@@ -8,7 +8,9 @@
     mask = session.undo()
 
 Every interaction is a refinement round: the model is run with all prompts so far and the previous prediction as its
-mask prompt (``sam_nnunet.inference.predict.predict_rounds``). The image goes through nnU-Net's preprocessing once, and
+mask prompt, and the new prediction replaces the previous one where its change is connected to the new prompt
+(``merge="progressive"``, FocalClick's progressive merge; ``merge="none"``: everywhere;
+``sam_nnunet.inference.predict.refine_case_prompts``). The image goes through nnU-Net's preprocessing once, and
 the frozen encoder's output of every tile (and mirroring) is kept in the predictor's embedding cache, so an
 interaction runs only the decoder (ZAP25DPromptedNetwork).
 """
@@ -20,10 +22,11 @@ import torch
 
 from sam_nnunet.inference.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
                                            world_to_file_index)
-from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts
+from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, refine_case_prompts
 from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.inference.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
     click_point_label
+from sam_nnunet.prompts.corrections import MERGES
 
 COORDINATES = ("array", "voxel", "world")
 
@@ -38,12 +41,17 @@ class InteractiveSession:
     Arguments:
       predictor: a PromptedPredictor with the trained model (``from_model_folder`` builds one).
       world_convention: "LPS" (ITK) or "RAS" (nibabel, Slicer) for world coordinates.
+      merge: "progressive" (an interaction changes the mask only where the change is connected to it) or "none".
     """
 
-    def __init__(self, predictor: PromptedPredictor, world_convention: str = "LPS") -> None:
+    def __init__(self, predictor: PromptedPredictor, world_convention: str = "LPS",
+                 merge: str = "progressive") -> None:
         predictor.check_network_takes_clicks()
+        if merge not in MERGES:
+            raise SessionError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
         self.predictor = predictor
         self.world_convention = world_convention
+        self.merge = merge
         lm = predictor.label_manager
         self._channels = class_channels(predictor.dataset_json["labels"], lm.has_regions)
         self._data: Optional[torch.Tensor] = None
@@ -55,11 +63,12 @@ class InteractiveSession:
     @classmethod
     def from_model_folder(cls, model_folder: str, folds: Sequence[Union[int, str]] = (0,),
                           device: Optional[torch.device] = None, tiles: str = "clicked", disable_tta: bool = False,
-                          checkpoint_name: str = "checkpoint_final.pth") -> "InteractiveSession":
+                          checkpoint_name: str = "checkpoint_final.pth",
+                          merge: str = "progressive") -> "InteractiveSession":
         """``tiles``: "clicked" (default: only tiles holding a prompt are predicted, as ZAP-2.5DSAM tests), "all",
         "centred" (see PromptedPredictor)."""
         return cls(load_prompted_predictor(model_folder, folds, device or torch.device("cpu"), tiles,
-                                           disable_tta=disable_tta, checkpoint_name=checkpoint_name))
+                                           disable_tta=disable_tta, checkpoint_name=checkpoint_name), merge=merge)
 
     # ---- the image ----------------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, properties: dict, image_file: Optional[str] = None) -> None:
@@ -200,9 +209,9 @@ class InteractiveSession:
         p = self.predictor
         # the previous prediction refines only where the network takes a mask prompt (not the adapter's _public)
         refines = getattr(p.plain_network, "takes_boxes", False)
-        previous = p.mask_prompt_of(self._history[-1][1]) if self._history and refines else None
+        previous = self._history[-1][1] if self._history and refines else None
         try:
-            logits = predict_case_prompts(p, self._data, prompts, self._properties, previous).cpu()
+            logits = refine_case_prompts(p, self._data, prompts, self._properties, previous, self.merge).cpu()
         except ClickOutsideError as e:
             raise SessionError(str(e)) from None
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(

@@ -3,7 +3,8 @@ prediction (SAM's and nnInteractive's training and evaluation protocol; the cent
 the region's border, as RITM and nnInteractive place it, so the click is unambiguous).
 
 Works on label maps in any space (a training patch, or a case at its native resolution), in numpy / scipy. The
-previous prediction goes back in as the mask prompt (``mask_prompt``).
+previous prediction goes back in as the mask prompt (``mask_prompt``), and a correction's prediction is merged into
+the previous one where its change is connected to the correction (``progressive_merge``).
 """
 from typing import List, Optional, Tuple, Union
 
@@ -69,6 +70,49 @@ def _largest_error(errors: List[np.ndarray], ignore: Optional[np.ndarray]) -> Op
     deepest = np.argwhere(depth == depth.max())
     # ties (a slab has a whole plane of deepest voxels): the one nearest their mean
     return i, deepest[int(((deepest - deepest.mean(0)) ** 2).sum(1).argmin())]
+
+
+MERGES = ("progressive", "none")
+
+
+def progressive_merge(previous: torch.Tensor, new: torch.Tensor, points: np.ndarray,
+                      boxes: Optional[np.ndarray], has_regions: bool) -> torch.Tensor:
+    """FocalClick's progressive merge (Chen et al., CVPR 2022), in 3D: a correction changes the previous prediction
+    only where the change is connected to it, so a click cannot undo what earlier rounds got right far from it.
+
+    previous, new: logits (C, *S) of the same grid, before and after the round; points (N, 3) positions of the
+    round's new clicks, boxes (M, 2, 3) first and last voxel of its new boxes, on that grid. The voxels whose
+    segmentation (argmax; regions: logit > 0 per channel) differs form 26-connected components; a component holding a
+    click's voxel or meeting a box keeps the new logits, every other one gets the previous logits back. Elsewhere the
+    segmentations agree and the new logits are kept. A round without a new click or box: the new logits.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, previous.ndim - 1)
+    boxes = np.zeros((0, 2, previous.ndim - 1)) if boxes is None else np.asarray(boxes).reshape(-1, 2,
+                                                                                               previous.ndim - 1)
+    if not len(points) and not len(boxes):
+        return new
+    changed = _segmentation(previous, has_regions) != _segmentation(new, has_regions)
+    if has_regions:
+        changed = changed.any(0)
+    if not changed.any():
+        return new
+    shape = np.array(changed.shape)
+    anchor = np.zeros_like(changed)
+    for p in np.clip(np.round(points).astype(np.int64), 0, shape - 1):
+        anchor[tuple(p)] = True
+    for first, last in boxes:
+        lo = np.clip(np.ceil(np.minimum(first, last) - 0.5).astype(np.int64), 0, shape - 1)
+        hi = np.clip(np.floor(np.maximum(first, last) + 0.5).astype(np.int64), 0, shape - 1)
+        anchor[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = True
+    components, _ = ndimage.label(changed, structure=np.ones((3,) * changed.ndim, dtype=bool))
+    kept = np.unique(components[anchor & changed])
+    revert = changed & ~np.isin(components, kept)
+    return torch.where(torch.from_numpy(revert).to(new.device), previous.to(new.device, new.dtype), new)
+
+
+def _segmentation(logits: torch.Tensor, has_regions: bool) -> np.ndarray:
+    logits = logits.detach().float().cpu()
+    return (logits > 0).numpy() if has_regions else logits.argmax(0).numpy()
 
 
 def mask_prompt(logits: torch.Tensor, has_regions: bool, dim: int = 0) -> torch.Tensor:
