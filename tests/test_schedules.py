@@ -97,4 +97,9 @@ def test_zap_plans_x2_for_litemedsam_x4_for_sam_vit_and_a_resumed_run_keeps_its_
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["upsample"] = 4
     with open(os.path.join(trainer.output_folder_base, "plans.json"), "w") as f:
         json.dump(plans, f)
+    from sam_nnunet.trainers import base
+
+    reads = []
+    sam_env.setattr(base, "load_json", lambda path: reads.append(path) or json.load(open(path)))
     assert planned(ZAP25DSAMTrainer, "litemedsam")[1]["upsample"] == 4
+    assert reads == [os.path.join(trainer.output_folder_base, "plans.json")]  # read once (encoder, then scale)

@@ -156,7 +156,13 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
             return choose_encoder(self.__class__.__name__, self.encoder_families, previous, ignore_checkpoint=True)
 
     def _architecture_of_previous_run(self) -> Optional[Dict]:
-        """The network arguments an earlier run of this trainer recorded in the same output folder (resume, --val)."""
+        """The network arguments an earlier run of this trainer recorded in the same output folder (resume, --val);
+        read once, before this run writes its own plans.json there."""
+        previous = self._previous_architecture
+        return None if previous is None else dict(previous)
+
+    @functools.cached_property
+    def _previous_architecture(self) -> Optional[Dict]:
         plans_file = join(self.output_folder_base, "plans.json") if self.output_folder_base else None
         if not plans_file or not isfile(plans_file):
             return None
