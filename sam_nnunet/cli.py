@@ -7,10 +7,10 @@ import sys
 from typing import List, Optional
 
 from sam_nnunet.errors import UserFacingExit
+from sam_nnunet.nnunet_env import export_lines, required_environment
 
 
 def _cmd_env(args) -> None:
-    from sam_nnunet.nnunet_env import export_lines, required_environment
     print(export_lines(required_environment(args.data_dir)))
 
 
@@ -445,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    # the model folders these commands load name our trainers: nnU-Net finds them as nnUNetv2_* do after
+    # `eval "$(sam-nnunet env)"`, without asking the user to export it first
+    os.environ.update(required_environment())
     args.func(args)
 
 

@@ -31,6 +31,16 @@ def test_nnunet_finds_our_trainer_through_the_shim():
     assert recursive_find_trainer_class_by_name("SAMAdapterTrainer") is SAMAdapterTrainer
 
 
+def test_our_commands_find_our_trainers_without_the_export(monkeypatch, capsys):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from sam_nnunet.trainers import ZAP25DSAMTrainer_prompted
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    main(["info"])
+    assert os.environ["nnUNet_extTrainer"] == ext_trainer_dir()
+    assert recursive_find_trainer_class_by_name("ZAP25DSAMTrainer_prompted") is ZAP25DSAMTrainer_prompted
+
+
 def test_info_json_counts_for_vit_b():
     proc = subprocess.run([os.path.join(BIN, "sam-nnunet"), "info", "--trainer", "SAMAdapterTrainer", "--encoder",
                            "vit_b", "--inputs", "1", "--outputs", "2", "--json"], capture_output=True, text=True,
