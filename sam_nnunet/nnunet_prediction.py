@@ -11,6 +11,11 @@ substitute: ``install`` wraps that one method, once. The wrapper hands the case 
 predictor keeps nnU-Net's tile loop; every other network, and a predictor subclass with its own tiles (the click
 predictor, ``sam_nnunet.inference.predictor``), runs nnU-Net's code unchanged. Padding to the patch size, autocast on
 CUDA, the results device and the crop back are nnU-Net's.
+
+On the CPU nnU-Net predicts in float32. A network whose class declares ``cpu_bf16_prediction`` (ZAP-2.5DSAM: its
+frozen encoder is most of a prediction's cost, and its Dice in bfloat16 is measured in zap25dsam.md) predicts under
+CPU autocast in bfloat16 where the CPU computes it natively (AVX-512 BF16, AMX), as nnU-Net predicts under fp16
+autocast on CUDA (``inference_autocast``; ``nnUNet_SAM_cpu_bf16`` chooses).
 """
 import itertools
 from typing import Optional
@@ -23,12 +28,38 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from sam_nnunet import settings
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX-512 BF16 or AMX tiles)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def unwrapped(network: nn.Module) -> nn.Module:
+    """The network inside torch.compile's and DDP's wrappers."""
+    while isinstance(network, (OptimizedModule, DistributedDataParallel)):
+        network = network._orig_mod if isinstance(network, OptimizedModule) else network.module
+    return network
+
+
+def inference_autocast(device: torch.device, network: nn.Module):
+    """The autocast ``network`` predicts under: nnU-Net's on CUDA (fp16); on the CPU bfloat16 for a network that
+    declares ``cpu_bf16_prediction``, where ``nnUNet_SAM_cpu_bf16`` says so ("auto": where the CPU has it natively;
+    elsewhere bf16 is emulated and slower than float32), else none (float32, as nnU-Net)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=True)
+    if device.type == "cpu" and getattr(unwrapped(network), "cpu_bf16_prediction", False):
+        choice = settings.get_choice(settings.CPU_BF16, ("auto", "1", "0"), "auto")
+        if choice == "1" or (choice == "auto" and cpu_bf16_native()):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+    return dummy_context()
+
 
 def whole_case_network(predictor: nnUNetPredictor) -> Optional[nn.Module]:
     """The network that predicts ``predictor``'s cases whole, or None (nnU-Net's tiles)."""
-    network = predictor.network
-    while isinstance(network, (OptimizedModule, DistributedDataParallel)):
-        network = network._orig_mod if isinstance(network, OptimizedModule) else network.module
+    network = unwrapped(predictor.network)
     if not hasattr(network, "predict_volume"):
         return None
     cls = type(predictor)
@@ -55,7 +86,7 @@ def _predict_sliding_window_return_logits(self: nnUNetPredictor, input_image: to
         self.network = self.network.to(self.device)
         self.network.eval()
         empty_cache(self.device)
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with inference_autocast(self.device, network):
             patch = self.configuration_manager.patch_size
             data, revert = pad_nd_image(input_image, patch, "constant", {"value": 0}, True, None)
             x = data[None].to(self.device)

@@ -18,6 +18,9 @@ nnUNet_SAM_cache_build_first     1: under a time budget, build the whole embeddi
 nnUNet_SAM_cache_dir             where the embedding cache lives (default: the dataset's preprocessed folder)
 nnUNet_SAM_time_budget_seconds   every trainer (nnUNetTrainerShortRun too): stop training after the first iteration
                                  that ends past this many seconds, then write checkpoint_final (trainers.budget)
+nnUNet_SAM_cpu_bf16              prediction on the CPU by networks that declare cpu_bf16_prediction (ZAP-2.5DSAM
+                                 and its prompted variant): "auto" (default) in bfloat16 where the CPU computes it
+                                 natively (AVX-512 BF16 or AMX), "1" on every CPU, "0" never (float32, as nnU-Net)
 """
 import os
 from typing import Optional
@@ -35,6 +38,7 @@ CACHE_COPIES = "nnUNet_SAM_cache_copies"
 CACHE_DIR = "nnUNet_SAM_cache_dir"
 CACHE_BUILD_FIRST = "nnUNet_SAM_cache_build_first"
 TIME_BUDGET_SECONDS = "nnUNet_SAM_time_budget_seconds"
+CPU_BF16 = "nnUNet_SAM_cpu_bf16"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 
@@ -46,6 +50,13 @@ def get_str(name: str) -> Optional[str]:
 
 def get_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def get_choice(name: str, choices: tuple, default: str) -> str:
+    value = (get_str(name) or default).lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(choices)} (or unset for {default})")
+    return value
 
 
 def get_positive_int(name: str) -> Optional[int]:

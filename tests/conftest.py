@@ -24,6 +24,9 @@ for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_ra
 # test_memory_check.py (whose fixture removes this), skipped by every other training of the suite
 SKIP_MEMORY_CHECK = {"nnUNet_SAM_skip_memory_check": "1"}
 os.environ.update(SKIP_MEMORY_CHECK)
+# float32 prediction on every CPU, so that the suite's figures do not depend on the CPU's bfloat16 support (the
+# choice itself: test_precision.py)
+os.environ["nnUNet_SAM_cpu_bf16"] = "0"
 for _key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.makedirs(os.environ[_key], exist_ok=True)
 # the cores shared among pytest-xdist's workers (their subprocesses, e.g. nnUNetv2_train, set their own)

@@ -10,6 +10,8 @@ import psutil
 import torch
 
 import sam_nnunet
+from sam_nnunet import settings
+from sam_nnunet.nnunet_prediction import cpu_bf16_native
 
 
 def _cpu_model() -> str:
@@ -53,6 +55,8 @@ def describe_machine() -> Dict:
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores,
         "memory_bytes": int(psutil.virtual_memory().total), "gpu": gpu,
+        # the precision of CPU prediction for networks that declare cpu_bf16_prediction (ZAP)
+        "cpu_bf16": {"native": cpu_bf16_native(), "setting": settings.get_str(settings.CPU_BF16) or "auto"},
         "os": platform.platform(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "nnunetv2": _version("nnunetv2"), "sam-nnunet": _version("sam-nnunet"),
@@ -66,8 +70,11 @@ def machine_line(machine: Dict) -> str:
     """One line: 'Intel Xeon ..., 2 cores, 24 GiB RAM, no GPU'."""
     gpu = machine.get("gpu")
     gpu_text = f"{gpu['name']} ({gpu['memory_bytes'] / 2 ** 30:.0f} GiB)" if gpu else "no GPU"
+    bf16 = machine.get("cpu_bf16")
+    bf16_text = (f"; CPU bfloat16 {'native' if bf16['native'] else 'not native'}, nnUNet_SAM_cpu_bf16={bf16['setting']}"
+                 if bf16 else "")
     return (f"{machine['cpu']}, {machine['usable_cores']} cores, {machine['memory_bytes'] / 2 ** 30:.0f} GiB RAM, "
-            f"{gpu_text}; {machine['os']}")
+            f"{gpu_text}; {machine['os']}{bf16_text}")
 
 
 def versions_line(machine: Dict) -> str:

@@ -31,6 +31,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch._dynamo import OptimizedModule
 
 from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
+from sam_nnunet.nnunet_prediction import inference_autocast
 from sam_nnunet.prompts.corrections import mask_prompt
 
 TILE_MODES = ("all", "clicked", "centred")
@@ -138,10 +139,12 @@ class PromptedPredictor(SafeCheckpointPredictor):
             case.coords + shift, case.labels, None if case.boxes is None else case.boxes + shift, case.box_labels,
             None if case.mask is None else F.pad(case.mask, pads, value=-20.0))  # padding: background
         try:
-            if self.tiles == "centred":
-                logits = self._predict_centred_tile(padded)
-            else:
-                logits = super().predict_sliding_window_return_logits(padded)
+            # on CUDA nnU-Net's tile loop has its own autocast
+            with inference_autocast(self.device, self.network) if self.device.type == "cpu" else dummy_context():
+                if self.tiles == "centred":
+                    logits = self._predict_centred_tile(padded)
+                else:
+                    logits = super().predict_sliding_window_return_logits(padded)
         finally:
             self._case_clicks = outer
             self._fold_index += 1  # nnU-Net predicts the folds one after the other

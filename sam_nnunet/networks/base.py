@@ -24,6 +24,9 @@ class SAMNetworkBase(nn.Module):
     #: logits at several decoder levels, as nnU-Net's deep supervision needs; the others have one full-resolution
     #: head and refuse the flag nnU-Net passes them
     supports_deep_supervision = False
+    #: predicts under bfloat16 autocast on CPUs that compute it natively (``nnunet_prediction.inference_autocast``):
+    #: declared by a method only where its Dice in bfloat16 was measured against float32
+    cpu_bf16_prediction = False
 
     def __init__(self, encoder: str, deep_supervision: bool = False) -> None:
         super().__init__()
