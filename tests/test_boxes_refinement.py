@@ -4,6 +4,7 @@ clicks, and simulated interaction rounds in the trainer (the frozen encoder run 
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from sam_nnunet.blocks.plane_prompts import plane_axes, plane_mask_prompt, pseudo_slices_crossed
@@ -180,29 +181,75 @@ def test_progressive_merge_keeps_only_the_change_connected_to_the_click():
     new[2:6, 2:6, 6:8] = 1        # grown where the click is: kept
     new[9:11, 9:11, 9:11] = 2     # a change far from it: the previous prediction comes back
     new[2, 2, 2] = 0              # a change touching the previous mask, not connected to the grown part
-    merged = progressive_merge(_logits(previous), _logits(new), np.array([[4.2, 3.9, 6.6]]), None, False)
+    one = np.array([click_label(1)])
+    merged = progressive_merge(_logits(previous), _logits(new), np.array([[4.2, 3.9, 6.6]]), one, None, False)
     expected = previous.copy()
     expected[2:6, 2:6, 6:8] = 1
     np.testing.assert_array_equal(merged.argmax(0).numpy(), expected)
     # where the segmentations agree the new logits stay (a more confident mask prompt for the next round)
     confident = _logits(new) * 2
-    assert torch.equal(progressive_merge(_logits(previous), confident, np.array([[4, 4, 6]]), None, False)[:, 0, 0, 0],
-                       confident[:, 0, 0, 0])
+    assert torch.equal(progressive_merge(_logits(previous), confident, np.array([[4, 4, 6]]), one, None,
+                                         False)[:, 0, 0, 0], confident[:, 0, 0, 0])
     # a change the click's voxel is not part of is not taken; a box anchors the changes it meets
-    np.testing.assert_array_equal(progressive_merge(_logits(previous), _logits(new), np.array([[0, 0, 11]]), None,
-                                                    False).argmax(0).numpy(), previous)
-    boxed = progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), np.array([[[8, 8, 8], [9, 9, 9]]]),
-                              False).argmax(0).numpy()
+    np.testing.assert_array_equal(progressive_merge(_logits(previous), _logits(new), np.array([[0, 0, 11]]), one,
+                                                    None, False).argmax(0).numpy(), previous)
+    boxed = progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), [],
+                              np.array([[[8, 8, 8], [9, 9, 9]]]), False).argmax(0).numpy()
     assert (boxed[9:11, 9:11, 9:11] == 2).all() and (boxed[2:6, 2:6, 6:8] == 0).all()
     # no new prompt in the round: the new prediction
-    assert torch.equal(progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), None, False),
+    assert torch.equal(progressive_merge(_logits(previous), _logits(new), np.zeros((0, 3)), [], None, False),
                        _logits(new))
-    # regions (logit > 0 per channel): a change in any region is one change
-    prev_regions = torch.stack([_logits(previous)[1] - 2.5, _logits(previous)[1] - 2.5])
-    new_regions = torch.stack([_logits(new)[1] - 2.5, (_logits(new)[2] - 2.5)])
-    merged = progressive_merge(prev_regions, new_regions, np.array([[10, 10, 10]]), None, True) > 0
-    assert merged[1, 9:11, 9:11, 9:11].all() and not merged[0, 2:6, 2:6, 6:8].any()
-    assert torch.equal(merged[0, 2:6, 2:6, 2:6], prev_regions[0, 2:6, 2:6, 2:6] > 0)
+    with pytest.raises(ValueError, match="1 clicks but 2 click labels"):
+        progressive_merge(_logits(previous), _logits(new), np.array([[4, 4, 6]]), [2, 2], None, False)
+
+
+def test_progressive_merge_takes_only_the_change_the_click_asks_for():
+    # two classes side by side (as anterior / posterior hippocampus); a click of class 1 where class 1 was missed
+    previous = np.zeros((12, 12, 12), dtype=np.int64)
+    previous[2:6, 2:8, 2:6] = 1
+    previous[2:6, 2:8, 6:10] = 2
+    new = previous.copy()
+    new[6:8, 2:8, 2:6] = 1        # the gain the click asked for
+    new[2:4, 2:8, 6] = 1          # the class border moved elsewhere: not connected to the click
+    new[6:8, 2:8, 6:10] = 2       # class 2 grown next to the gain: not what the click said either
+    merged = progressive_merge(_logits(previous), _logits(new), np.array([[7, 4, 3]]), [click_label(1)], None,
+                               False).argmax(0).numpy()
+    expected = previous.copy()
+    expected[6:8, 2:8, 2:6] = 1
+    np.testing.assert_array_equal(merged, expected)
+    # "this is background" (label-based: a click of class 0) takes only what became background
+    shrunk = previous.copy()
+    shrunk[2:4, 2:8, 2:6] = 0
+    shrunk[6:8, 2:8, 6:10] = 2
+    merged = progressive_merge(_logits(previous), _logits(shrunk), np.array([[2, 4, 3]]), [click_label(0)], None,
+                               False).argmax(0).numpy()
+    expected = previous.copy()
+    expected[2:4, 2:8, 2:6] = 0
+    np.testing.assert_array_equal(merged, expected)
+    # a click the network did not follow changes nothing
+    np.testing.assert_array_equal(progressive_merge(_logits(previous), _logits(new), np.array([[7, 4, 3]]),
+                                                    [click_label(2)], None, False).argmax(0).numpy(), previous)
+
+
+def test_progressive_merge_of_regions_follows_the_click_direction():
+    inside = np.zeros((12, 12, 12), dtype=bool)
+    inside[2:6, 2:6, 2:6] = True
+    prev_regions = torch.stack([torch.where(torch.from_numpy(inside), 3.0, -3.0)] * 2)
+    grown, cut = inside.copy(), inside.copy()
+    grown[2:6, 2:6, 6:8] = True
+    cut[2:4, 2:6, 2:6] = False
+    new_regions = torch.stack([torch.where(torch.from_numpy(grown), 3.0, -3.0),
+                               torch.where(torch.from_numpy(cut), 3.0, -3.0)])
+    # positive click into region 0 where it grew: region 0's gain and, in those voxels, every channel's new logits
+    merged = progressive_merge(prev_regions, new_regions, np.array([[3, 3, 7]]), [click_label(0)], None, True) > 0
+    assert merged[0, 2:6, 2:6, 6:8].all() and torch.equal(merged[1], torch.from_numpy(inside))
+    # a positive click where region 1 shrank asks for the opposite: nothing taken
+    merged = progressive_merge(prev_regions, new_regions, np.array([[2, 3, 3]]), [click_label(1)], None, True) > 0
+    assert torch.equal(merged, prev_regions > 0)
+    # the negative click there takes the cut
+    merged = progressive_merge(prev_regions, new_regions, np.array([[2, 3, 3]]), [click_label(1, negative=True)],
+                               None, True) > 0
+    assert not merged[1, 2:4].any() and torch.equal(merged[0], torch.from_numpy(inside))
 
 
 def test_simulated_rounds_run_the_encoder_once_and_add_one_correction_click_each(monkeypatch):

@@ -120,9 +120,10 @@ def refine_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, prompt
     logits = predict_case_prompts(predictor, data, prompts, properties, mask)
     if previous is None or merge == "none":
         return logits
-    points, boxes = _preprocessed_prompts(predictor, prompts.of_round(prompts.num_rounds - 1), properties,
-                                          data.shape[1:])
-    return progressive_merge(previous.to(logits.device), logits, points, boxes, predictor.label_manager.has_regions)
+    last = prompts.of_round(prompts.num_rounds - 1)
+    points, boxes = _preprocessed_prompts(predictor, last, properties, data.shape[1:])
+    return progressive_merge(previous.to(logits.device), logits, points, last.labels, boxes,
+                             predictor.label_manager.has_regions)
 
 
 def _preprocessed_prompts(predictor: PromptedPredictor, prompts: CasePrompts, properties: dict,

@@ -75,38 +75,62 @@ def _largest_error(errors: List[np.ndarray], ignore: Optional[np.ndarray]) -> Op
 MERGES = ("progressive", "none")
 
 
-def progressive_merge(previous: torch.Tensor, new: torch.Tensor, points: np.ndarray,
+def progressive_merge(previous: torch.Tensor, new: torch.Tensor, points: np.ndarray, point_labels: np.ndarray,
                       boxes: Optional[np.ndarray], has_regions: bool) -> torch.Tensor:
     """FocalClick's progressive merge (Chen et al., CVPR 2022), in 3D: a correction changes the previous prediction
     only where the change is connected to it, so a click cannot undo what earlier rounds got right far from it.
 
     previous, new: logits (C, *S) of the same grid, before and after the round; points (N, 3) positions of the
-    round's new clicks, boxes (M, 2, 3) first and last voxel of its new boxes, on that grid. The voxels whose
-    segmentation (argmax; regions: logit > 0 per channel) differs form 26-connected components; a component holding a
-    click's voxel or meeting a box keeps the new logits, every other one gets the previous logits back. Elsewhere the
-    segmentations agree and the new logits are kept. A round without a new click or box: the new logits.
+    round's new clicks and point_labels (N,) their ``point_labels`` values; boxes (M, 2, 3) first and last voxel of
+    its new boxes, on that grid. Where the segmentations (argmax; regions: logit > 0 per channel) differ, the new
+    logits are taken only
+
+      - for a click, in the 26-connected component holding its voxel of the voxels that changed *the way the click
+        says*: to its class (label-based: "this is class c", background included), into its region (positive) or
+        out of it (negative). FocalClick merges the whole changed component of a binary mask, where a change at a
+        positive click can only be a gain; with several classes a component also holds label swaps at the borders
+        between classes (anterior / posterior hippocampus) that the click said nothing about;
+      - for a box, in the changed components (any change) that meet it.
+
+    Every other changed voxel gets the previous logits back; where the segmentations agree the new logits stay (the
+    next round's mask prompt carries the network's current confidence). A round without a new click or box: the new
+    logits.
     """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, previous.ndim - 1)
-    boxes = np.zeros((0, 2, previous.ndim - 1)) if boxes is None else np.asarray(boxes).reshape(-1, 2,
-                                                                                               previous.ndim - 1)
+    ndim = previous.ndim - 1
+    points = np.asarray(points, dtype=np.float64).reshape(-1, ndim)
+    point_labels = np.asarray(point_labels, dtype=np.int64).reshape(-1)
+    if len(point_labels) != len(points):
+        raise ValueError(f"{len(points)} clicks but {len(point_labels)} click labels")
+    boxes = np.zeros((0, 2, ndim)) if boxes is None else np.asarray(boxes).reshape(-1, 2, ndim)
     if not len(points) and not len(boxes):
         return new
-    changed = _segmentation(previous, has_regions) != _segmentation(new, has_regions)
+    before, after = _segmentation(previous, has_regions), _segmentation(new, has_regions)
+    changed = before != after
     if has_regions:
         changed = changed.any(0)
     if not changed.any():
         return new
     shape = np.array(changed.shape)
-    anchor = np.zeros_like(changed)
-    for p in np.clip(np.round(points).astype(np.int64), 0, shape - 1):
-        anchor[tuple(p)] = True
-    for first, last in boxes:
-        lo = np.clip(np.ceil(np.minimum(first, last) - 0.5).astype(np.int64), 0, shape - 1)
-        hi = np.clip(np.floor(np.maximum(first, last) + 0.5).astype(np.int64), 0, shape - 1)
-        anchor[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = True
-    components, _ = ndimage.label(changed, structure=np.ones((3,) * changed.ndim, dtype=bool))
-    kept = np.unique(components[anchor & changed])
-    revert = changed & ~np.isin(components, kept)
+    connectivity = np.ones((3,) * ndim, dtype=bool)
+    taken = np.zeros_like(changed)
+    for p, label in zip(np.clip(np.round(points).astype(np.int64), 0, shape - 1), point_labels):
+        channel, negative = divmod(int(label), 2)
+        if has_regions:  # into region `channel` (positive) or out of it (negative)
+            towards = (~after[channel] & before[channel]) if negative else (after[channel] & ~before[channel])
+        else:  # label-based clicks are "this is class `channel`" (clicks.py)
+            towards = (after == channel) & (before != channel)
+        if towards[tuple(p)]:
+            components, _ = ndimage.label(towards, structure=connectivity)
+            taken |= components == components[tuple(p)]
+    if len(boxes):
+        anchor = np.zeros_like(changed)
+        for first, last in boxes:
+            lo = np.clip(np.ceil(np.minimum(first, last) - 0.5).astype(np.int64), 0, shape - 1)
+            hi = np.clip(np.floor(np.maximum(first, last) + 0.5).astype(np.int64), 0, shape - 1)
+            anchor[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = True
+        components, _ = ndimage.label(changed, structure=connectivity)
+        taken |= np.isin(components, np.unique(components[anchor & changed]))
+    revert = changed & ~taken
     return torch.where(torch.from_numpy(revert).to(new.device), previous.to(new.device, new.dtype), new)
 
 
