@@ -37,6 +37,11 @@ def cpu_bf16_native() -> bool:
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
 
+def cpu_bf16_setting() -> str:
+    """``nnUNet_SAM_cpu_bf16``: "auto" (unset), "1" or "0"."""
+    return settings.get_choice(settings.CPU_BF16, ("auto", "1", "0"), "auto")
+
+
 def unwrapped(network: nn.Module) -> nn.Module:
     """The network inside torch.compile's and DDP's wrappers."""
     while isinstance(network, (OptimizedModule, DistributedDataParallel)):
@@ -51,7 +56,7 @@ def inference_autocast(device: torch.device, network: nn.Module):
     if device.type == "cuda":
         return torch.autocast("cuda", enabled=True)
     if device.type == "cpu" and getattr(unwrapped(network), "cpu_bf16_prediction", False):
-        choice = settings.get_choice(settings.CPU_BF16, ("auto", "1", "0"), "auto")
+        choice = cpu_bf16_setting()
         if choice == "1" or (choice == "auto" and cpu_bf16_native()):
             return torch.autocast("cpu", dtype=torch.bfloat16)
     return dummy_context()

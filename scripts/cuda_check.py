@@ -139,7 +139,8 @@ def train_and_check(spec: dict, result: dict) -> None:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from torch._dynamo import OptimizedModule
 
-    from sam_nnunet.evaluation.benchmark_worker import configure_torch, parameter_counts, unwrap
+    from sam_nnunet.evaluation.benchmark_worker import configure_torch, parameter_counts
+    from sam_nnunet.nnunet_prediction import unwrapped
 
     device = torch.device(spec["device"])
     configure_torch(device, os.cpu_count() or 1)  # as nnUNetv2_train
@@ -158,7 +159,7 @@ def train_and_check(spec: dict, result: dict) -> None:
     start = time.perf_counter()
     trainer.initialize()
     result["initialize_seconds"] = round(time.perf_counter() - start, 2)
-    network = unwrap(trainer.network)
+    network = unwrapped(trainer.network)
     result["network"] = f"{type(network).__module__}.{type(network).__name__}"
     result["parameters"] = parameter_counts(trainer.network)
     result["encoder"] = (getattr(network, "pretrained_info", None) or {}).get("encoder")

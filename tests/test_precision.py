@@ -43,7 +43,7 @@ def test_the_declaration_is_found_through_torch_compile(monkeypatch):
 
 
 def test_which_methods_declare_it():
-    # measured for ZAP-2.5DSAM (zap25dsam.md, "Prediction in bfloat16 on the CPU"); not for the adapter methods
+    # measured for ZAP-2.5DSAM (zap25dsam.md, "Prediction on the CPU: channels-last and bfloat16"); not for the adapter methods
     assert ZAP25DNetwork.cpu_bf16_prediction and ZAP25DPromptedNetwork.cpu_bf16_prediction
     assert not getattr(SAMAdapterNetwork, "cpu_bf16_prediction", False)
 

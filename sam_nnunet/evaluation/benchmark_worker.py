@@ -40,6 +40,7 @@ from sam_nnunet.evaluation.interaction import evaluate_interaction
 from sam_nnunet.evaluation.prompted import evaluate_clicks_on_fold, paper_tiles
 from sam_nnunet.metrics.evaluate import evaluate_folders
 from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
+from sam_nnunet.nnunet_prediction import unwrapped
 from sam_nnunet.trainers.prompted import PromptedTrainerMixin
 
 
@@ -53,19 +54,13 @@ class Progress:
             f.write(json.dumps({"stage": stage, "done": done, "total": total}) + "\n")
 
 
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The network without DDP / torch.compile wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
-
-
 def parameter_counts(network: torch.nn.Module) -> Dict[str, int]:
     """total / trainable / frozen / pretrained / added.
 
     ``added`` = parameters not initialised from a pretrained checkpoint. A SAM network reports it itself
     (``parameter_report``); any other network (nnU-Net's U-Net) starts from random weights, so all its parameters
     are added and none are pretrained."""
-    net = unwrap(network)
+    net = unwrapped(network)
     if hasattr(net, "parameter_report"):
         report = net.parameter_report()
         return {"total": report["total"], "trainable": report["trainable"], "frozen": report["frozen"],
@@ -192,7 +187,7 @@ def train(spec: dict, progress: Progress) -> dict:
 
     log = trainer.logger.get_value
     epoch_seconds = [e - s for s, e in zip(log("epoch_start_timestamps", None), log("epoch_end_timestamps", None))]
-    network = unwrap(trainer.network)
+    network = unwrapped(trainer.network)
     result = {
         "parameters": counts,
         "training": {**_summary_of_steps(starts, ends, epoch_of), "epoch_seconds": epoch_seconds,

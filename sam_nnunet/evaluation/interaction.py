@@ -2,8 +2,8 @@
 reference label, then correction rounds, each adding a click at the centre of the largest error region of the
 previous round's prediction, the previous prediction given back as mask prompt and, by default, the new prediction
 merged into it where it changed the way the click says, connected to the click (``merge="progressive"``,
-FocalClick's progressive merge; ``"none"``: the new prediction everywhere). Dice after every round, per prompt kind: ``box`` (one box per class,
-the reference's bounding box), ``clicks`` (N clicks per class), ``box+clicks``.
+FocalClick's progressive merge; ``"none"``: the new prediction everywhere). Dice after every round, per prompt kind:
+``box`` (one box per class, the reference's bounding box), ``clicks`` (N clicks per class), ``box+clicks``.
 
 ``evaluate_interaction(model_folder, fold)`` predicts the fold's validation cases (nnU-Net's preprocessed data and
 ``gt_segmentations``, as nnU-Net's own validation) and returns / writes ``interaction.json``:

@@ -10,8 +10,7 @@ import psutil
 import torch
 
 import sam_nnunet
-from sam_nnunet import settings
-from sam_nnunet.nnunet_prediction import cpu_bf16_native
+from sam_nnunet.nnunet_prediction import cpu_bf16_native, cpu_bf16_setting
 
 
 def _cpu_model() -> str:
@@ -56,7 +55,7 @@ def describe_machine() -> Dict:
         "cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores,
         "memory_bytes": int(psutil.virtual_memory().total), "gpu": gpu,
         # the precision of CPU prediction for networks that declare cpu_bf16_prediction (ZAP)
-        "cpu_bf16": {"native": cpu_bf16_native(), "setting": settings.get_str(settings.CPU_BF16) or "auto"},
+        "cpu_bf16": {"native": cpu_bf16_native(), "setting": cpu_bf16_setting()},
         "os": platform.platform(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "nnunetv2": _version("nnunetv2"), "sam-nnunet": _version("sam-nnunet"),

@@ -27,11 +27,9 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.helpers import dummy_context
-from torch._dynamo import OptimizedModule
 
 from sam_nnunet.nnunet_checkpoint import SafeCheckpointPredictor
-from sam_nnunet.nnunet_prediction import inference_autocast
+from sam_nnunet.nnunet_prediction import inference_autocast, unwrapped
 from sam_nnunet.prompts.corrections import mask_prompt
 
 TILE_MODES = ("all", "clicked", "centred")
@@ -72,7 +70,7 @@ class PromptedPredictor(SafeCheckpointPredictor):
     # ---- the network -------------------------------------------------------------------------------------------
     @property
     def plain_network(self):
-        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+        return unwrapped(self.network)
 
     def check_network_takes_clicks(self) -> None:
         if not getattr(self.plain_network, "takes_clicks", False):
@@ -139,8 +137,7 @@ class PromptedPredictor(SafeCheckpointPredictor):
             case.coords + shift, case.labels, None if case.boxes is None else case.boxes + shift, case.box_labels,
             None if case.mask is None else F.pad(case.mask, pads, value=-20.0))  # padding: background
         try:
-            # on CUDA nnU-Net's tile loop has its own autocast
-            with inference_autocast(self.device, self.network) if self.device.type == "cpu" else dummy_context():
+            with inference_autocast(self.device, self.network):
                 if self.tiles == "centred":
                     logits = self._predict_centred_tile(padded)
                 else:
@@ -263,7 +260,6 @@ class PromptedPredictor(SafeCheckpointPredictor):
         start = torch.minimum(torch.clamp(start, min=0), torch.tensor(data.shape[1:]) - patch).tolist()
         tile = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch.tolist()))
         local = self._clicks_in(start, patch.tolist())
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            x = data[tile][None].to(self.device)
-            logits[tile] = self.mirror_and_predict(x, local.coords, local.labels, local, tuple(start))[0].float().cpu()
+        x = data[tile][None].to(self.device)
+        logits[tile] = self.mirror_and_predict(x, local.coords, local.labels, local, tuple(start))[0].float().cpu()
         return logits

@@ -149,7 +149,7 @@ class ZAP25DNetwork(SAMNetworkBase):
     """
 
     # the frozen encoder is most of a prediction's cost; bfloat16 against float32 on 40 held-out hippocampus cases:
-    # zap25dsam.md, "Prediction in bfloat16 on the CPU"
+    # zap25dsam.md, "Prediction on the CPU: channels-last and bfloat16"
     cpu_bf16_prediction = True
 
     @classmethod

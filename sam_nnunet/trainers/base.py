@@ -25,13 +25,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
-from torch._dynamo import OptimizedModule
 
 from sam_nnunet import settings
 from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
+from sam_nnunet.nnunet_prediction import unwrapped
 from sam_nnunet.trainers.budget import TimeBudgetMixin
 from sam_nnunet.trainers.checkpoints import atomic_write, checkpoint_to_load, hold_fold_lock
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
@@ -212,8 +212,7 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     @property
     def sam_network(self) -> SAMNetworkBase:
         """The network without DDP / torch.compile wrappers."""
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrapped(self.network)
 
     @_logs_refusals
     def initialize(self):
@@ -322,8 +321,7 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
 
     def _gradient_clip_parts(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each ``grad_clip_parts`` submodule, and of the rest, as lists."""
-        net = self.network  # not DDP-wrapped yet when nnU-Net configures the optimiser
-        net = net._orig_mod if isinstance(net, OptimizedModule) else net
+        net = unwrapped(self.network)  # not DDP-wrapped yet when nnU-Net configures the optimiser
         parts = [[p for p in getattr(net, name).parameters() if p.requires_grad] for name in self.grad_clip_parts]
         taken = {id(p) for part in parts for p in part}
         parts.append([p for p in net.parameters() if p.requires_grad and id(p) not in taken])
