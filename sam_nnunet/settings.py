@@ -21,9 +21,14 @@ nnUNet_SAM_time_budget_seconds   every trainer (nnUNetTrainerShortRun too): stop
 nnUNet_SAM_cpu_bf16              prediction on the CPU by networks that declare cpu_bf16_prediction (ZAP-2.5DSAM
                                  and its prompted variant): "auto" (default) in bfloat16 where the CPU computes it
                                  natively (AVX-512 BF16 or AMX), "1" on every CPU, "0" never (float32, as nnU-Net)
+
+Every value is checked when a trainer or a predictor starts (``check_all``), before any work; a yes/no setting
+takes 1/0, true/false, yes/no, on/off (anything else is refused, not read as "no"); an nnUNet_SAM_* name not listed
+here is reported with its close matches (a typo would otherwise be ignored).
 """
+import difflib
 import os
-from typing import Optional
+from typing import List, Optional
 
 CHECKPOINT = "nnUNet_SAM_checkpoint"
 ENCODER = "nnUNet_SAM_encoder"
@@ -41,6 +46,7 @@ TIME_BUDGET_SECONDS = "nnUNet_SAM_time_budget_seconds"
 CPU_BF16 = "nnUNet_SAM_cpu_bf16"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
 
 
 def get_str(name: str) -> Optional[str]:
@@ -92,3 +98,46 @@ def get_non_negative_int(name: str) -> Optional[int]:
     if not value.isdigit():
         raise ValueError(f"{name}={value!r} must be a whole number >= 0 (or unset for the default)")
     return int(value)
+
+
+def get_strict_flag(name: str) -> bool:
+    """A yes/no setting: unset, 1/0, true/false, yes/no, on/off; anything else is refused (not read as "no")."""
+    value = os.environ.get(name, "").strip().lower()
+    if value and value not in _TRUE + _FALSE:
+        raise ValueError(f"{name}={value!r} must be 1 or 0 (also true/false, yes/no, on/off; or unset for 0)")
+    return value in _TRUE
+
+
+CPU_BF16_CHOICES = ("auto", "1", "0")
+# how each setting is read: every value is checked by check_all() when a trainer or predictor starts, so that a
+# typo stops the command before any work instead of after hours (nnU-Net's final validation reads cpu_bf16)
+_CHECKS = {
+    ALLOW_RANDOM_INIT: get_strict_flag, SKIP_MEMORY_CHECK: get_strict_flag, CACHE_BUILD_FIRST: get_strict_flag,
+    NUM_EPOCHS: get_positive_int, ITERATIONS_PER_EPOCH: get_positive_int,
+    DEVICE_MEMORY_GB: get_positive_float, TIME_BUDGET_SECONDS: get_positive_float,
+    CACHE_COPIES: get_non_negative_int,
+    CPU_BF16: lambda name: get_choice(name, CPU_BF16_CHOICES, "auto"),
+    CHECKPOINT: get_str, ENCODER: get_str, CACHE_DIR: get_str, TEST_CHECKPOINT_PAUSE: get_str,
+}
+
+
+def check_all(warn=None) -> None:
+    """Check every nnUNet_SAM_* variable: raises ValueError naming the first bad value and what it takes. A name
+    sam-nnunet does not read is not an error (another tool may own it) but ``warn`` (default: stderr) says so, with
+    the close matches: a misspelt setting would otherwise be ignored without a word."""
+    for name in sorted(_CHECKS):
+        _CHECKS[name](name)
+    unknown = sorted(k for k in os.environ if k.startswith("nnUNet_SAM_") and k not in _CHECKS)
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(_CHECKS), n=2, cutoff=0.8)
+        line = (f"sam-nnunet: WARNING: {name} is not a sam-nnunet setting and is ignored" +
+                (f"; did you mean {' or '.join(close)}?" if close else "") + " (settings: sam_nnunet/settings.py)")
+        if warn is None:
+            import sys
+            print(line, file=sys.stderr, flush=True)
+        else:
+            warn(line)
+
+
+def known_settings() -> List[str]:
+    return sorted(_CHECKS)

@@ -40,6 +40,14 @@ from sam_nnunet.trainers.output_folder import refuse_unwritable_results
 from sam_nnunet.trainers.schedulers import LinearDecayLR
 
 
+def check_settings() -> None:
+    """``settings.check_all`` as one line for the user (every trainer and predictor calls it first)."""
+    try:
+        settings.check_all()
+    except ValueError as e:
+        raise UserFacingExit(str(e)) from None
+
+
 def _logs_refusals(method):
     """A refusal (UserFacingExit) raised in ``method`` also goes to the fold's training log, where it is found with
     the rest of the run, not only to the terminal."""
@@ -98,6 +106,7 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     @_logs_refusals
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        check_settings()  # every nnUNet_SAM_* value, before any work (also read late: final validation)
         # before nnU-Net creates the fold folder and writes its log there
         refuse_unwritable_results(self.__class__.__name__, plans, configuration, fold)
         continue_training = bool(plans.get("continue_training", False))  # nnU-Net's __init__ pops it (--c)
@@ -198,6 +207,7 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
+        check_settings()  # nnUNetv2_predict's and our predictors' start: before the first case
         if configuration_manager.network_arch_class_name != cls.network_class:
             raise UserFacingExit(
                 f"The plans name the network {configuration_manager.network_arch_class_name}, not "

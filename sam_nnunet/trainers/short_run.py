@@ -11,7 +11,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from sam_nnunet.errors import UserFacingExit
-from sam_nnunet.trainers.base import SAMTrainerBase
+from sam_nnunet.trainers.base import SAMTrainerBase, check_settings
 from sam_nnunet.trainers.budget import TimeBudgetMixin
 
 
@@ -21,6 +21,7 @@ class nnUNetTrainerShortRun(TimeBudgetMixin, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        check_settings()
         super().__init__(plans, configuration, fold, dataset_json, device)
         try:
             # the same rule as the SAM trainers (it only sets nnU-Net's attributes)
