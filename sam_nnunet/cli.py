@@ -118,7 +118,7 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_benchmark(args) -> None:
-    from sam_nnunet.evaluation.benchmark import BenchmarkSettings, parse_per_trainer, run_benchmark
+    from sam_nnunet.evaluation.benchmark import BenchmarkSettings, failure_lines, parse_per_trainer, run_benchmark
     try:
         s = BenchmarkSettings(
             dataset=args.dataset, trainers=args.trainers, output_dir=args.output, configuration=args.configuration,
@@ -139,7 +139,8 @@ def _cmd_benchmark(args) -> None:
     print(f"Written to {s.output_dir}: benchmark.md, benchmark.json, " + ", ".join(
         f"{c}.png" for c in ("accuracy", "parameters", "memory", "time")))
     if failed:
-        raise UserFacingExit(f"{', '.join(failed)} failed; see the logs under {s.output_dir}/runs/")
+        print(failure_lines(result["runs"]), file=sys.stderr)
+        raise UserFacingExit(f"{', '.join(failed)} failed (the cause above); logs under {s.output_dir}/runs/")
 
 
 def _cmd_learning_curve(args) -> None:

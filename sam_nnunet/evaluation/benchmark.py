@@ -22,6 +22,8 @@ from sam_nnunet.encoders.pretrained import adapts
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.evaluation.machine import describe_machine
 from sam_nnunet.evaluation.report import check_document, markdown_table, update_document, write_charts
+from sam_nnunet.evaluation.results_file import read_results, write_results
+from sam_nnunet.evaluation.trainer_names import resolve_encoder, resolve_trainer
 from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.trainers.registry import find_trainer_class
 
@@ -87,7 +89,18 @@ class BenchmarkSettings:
         unknown -= set(self.trainers) | {"*"}
         if unknown:
             raise ValueError(f"--encoder / --checkpoint name trainers that are not benchmarked: {sorted(unknown)}")
+        self.resolve_names()
         return self
+
+    def resolve_names(self) -> None:
+        """Every trainer and encoder name, before a worker starts: a typo is one line with the close matches."""
+        classes = {t: resolve_trainer(t, "-tr") for t in self.trainers}
+        for trainer, encoder in self.encoders.items():
+            if trainer == "*":  # for every trainer that adapts its family: only the name itself must exist
+                if encoder not in ENCODERS:
+                    resolve_encoder("every trainer", None, encoder)
+            else:
+                resolve_encoder(trainer, classes[trainer], encoder)
 
 
 def check_inputs(s: BenchmarkSettings) -> None:
@@ -254,15 +267,15 @@ def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress
     check_inputs(s)
     if doc:
         check_document(doc)
+    json_path = os.path.join(s.output_dir, "benchmark.json")
+    read_results(json_path)  # a damaged earlier result stops here: its .bak is only made from a readable one
     os.makedirs(s.output_dir, exist_ok=True)
     runs = [run_one(s, trainer, i, show_progress) for i, trainer in enumerate(s.trainers)]
     result = {"settings": asdict(s), "machine": describe_machine(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": command_line(s, doc),
               "runs": runs}
-    json_path = os.path.join(s.output_dir, "benchmark.json")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(json_path, result)  # atomically; the previous benchmark.json stays as benchmark.json.bak
     table = markdown_table(result)
     with open(os.path.join(s.output_dir, "benchmark.md"), "w") as f:
         f.write(table + "\n")
@@ -270,6 +283,19 @@ def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress
     if doc:
         update_document(doc, table, charts, json_path)
     return result
+
+
+def failure_lines(runs: List[dict], tail_lines: int = 15) -> str:
+    """What failed and why, for the command's own output: each failed trainer's cause and the end of its worker's
+    output (the log holds the rest)."""
+    lines = []
+    for r in runs:
+        if r.get("status") == "ok":
+            continue
+        lines.append(f"{r['trainer']} failed: {r.get('error') or 'no result'} (log: {r.get('log')})")
+        tail = [t for t in (r.get("log_tail") or "").splitlines() if t.strip()][-tail_lines:]
+        lines += [f"  | {t}" for t in tail]
+    return "\n".join(lines)
 
 
 def parse_per_trainer(values: Optional[List[str]], what: str) -> Dict[str, str]:

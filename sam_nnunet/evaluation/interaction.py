@@ -17,21 +17,20 @@ FocalClick's progressive merge; ``"none"``: the new prediction everywhere). Dice
 segmentation at native resolution (2|A and B| / (|A| + |B|) per class; a class absent from both is left out).
 """
 import copy
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, load_json, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from sam_nnunet.encoders.pretrained import choose_encoder
 from sam_nnunet.evaluation.prompted import paper_tiles
+from sam_nnunet.evaluation.results_file import read_results, write_results
 from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, refine_case_prompts
 from sam_nnunet.prompts.clicks import click_label
 from sam_nnunet.prompts.corrections import MERGES, correction_click
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
-from sam_nnunet.trainers.checkpoints import atomic_write
 from sam_nnunet.trainers.registry import find_trainer_class
 
 PROMPT_KINDS = ("box", "clicks", "box+clicks")
@@ -102,6 +101,10 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
         raise ValueError("rounds must be >= 0 and clicks >= 1")
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
+    if not 0 < target_dice <= 1:  # a Dice no case can reach would count every case as never reaching it
+        raise ValueError(f"--target-dice must be in (0, 1], not {target_dice:g}")
+    if output_file:
+        read_results(output_file)  # an unreadable file of earlier rows stops the run before any prediction
     device = device or torch.device("cpu")
     predictor = load_prompted_predictor(model_folder, [fold], device, "all", disable_tta=disable_tta,
                                         checkpoint_name=checkpoint_name)
@@ -174,11 +177,11 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
 
 
 def merge_interaction_file(path: str, result: dict) -> dict:
-    """Write ``result`` into ``path`` (atomically), keeping what is there for other (trainer, trained, prompt): a run
-    with ``--prompts clicks`` after one with ``--prompts box`` adds its rows to the box rows."""
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+    """Write ``result`` into ``path`` (atomically, the file it replaces kept as ``.bak``), keeping what is there
+    for other (trainer, trained, prompt): a run with ``--prompts clicks`` after one with ``--prompts box`` adds its
+    rows to the box rows. An unreadable ``path`` raises ResultsFileError (it is not replaced)."""
+    old = read_results(path)
+    if old is not None:
         mine = {(r["trainer"], r["trained"], r["prompt"]) for r in result["rows"]}
 
         def per_prompt(key: str) -> dict:  # {trainer: {prompt: ...}}, the old entries under the new
@@ -191,7 +194,5 @@ def merge_interaction_file(path: str, result: dict) -> dict:
                   "rows": [r for r in old.get("rows", []) if (r["trainer"], r["trained"], r["prompt"]) not in mine]
                   + result["rows"],
                   "rounds_to_target": per_prompt("rounds_to_target"), "per_case": per_prompt("per_case")}
-    maybe_mkdir_p(os.path.dirname(os.path.abspath(path)))
-    with atomic_write(path) as f:
-        f.write(json.dumps(result, indent=1).encode())
+    write_results(path, result, indent=1)
     return result

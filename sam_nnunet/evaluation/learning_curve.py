@@ -14,8 +14,10 @@ source's labelled cases; those are then left out of every dataset written. Train
 order of the remaining cases per seed, the first n cases for size n.
 
 Everything nnU-Net writes lives under ``work_dir`` (its own nnUNet_raw / _preprocessed / _results). The results JSON
-is rewritten atomically after every run and a run already in it is not redone, so a long curve is completed across
-sessions by running the same command again; the Markdown table and the chart beside the JSON follow each rewrite.
+is rewritten atomically after every run (the file it replaces kept as ``.bak``) and a run already in it is not
+redone, so a long curve is completed across sessions by running the same command again; the Markdown table and the
+chart beside the JSON follow each rewrite. Before any work: trainer and encoder names are resolved, and an
+unreadable results JSON stops the command (evaluation.results_file).
 """
 import datetime
 import json
@@ -32,6 +34,8 @@ from sam_nnunet import settings
 from sam_nnunet.commands import run_command
 from sam_nnunet.evaluation.machine import describe_machine, machine_line
 from sam_nnunet.evaluation.prompted import paper_tiles
+from sam_nnunet.evaluation.results_file import read_results, write_results
+from sam_nnunet.evaluation.trainer_names import resolve_budget_trainer, resolve_encoder
 from sam_nnunet.metrics.evaluate import evaluate
 from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.trainers.budget import RECORD_FILE
@@ -127,6 +131,7 @@ def choose_test_set(s: CurveSettings, source: str, ending: str, work: str) -> Tu
                 raise ValueError(f"the test folder {folder} has no {sub}/ (nnU-Net naming: CASE_0000{ending}, "
                                  f"CASE{ending})")
         test = sorted(f[:-len(ending)] for f in os.listdir(os.path.join(folder, "labelsTs")) if f.endswith(ending))
+        _check_test_pairs(folder, test, ending)
         both = sorted(set(test) & set(cases))
         if both:
             raise ValueError(f"test cases are also training cases of {source}: {both[:5]}")
@@ -142,6 +147,19 @@ def choose_test_set(s: CurveSettings, source: str, ending: str, work: str) -> Tu
             name = f"{case}_{c:04d}{ending}"
             _link(os.path.join(source, "imagesTr", name), os.path.join(folder, "imagesTs", name))
     return folder, test, [c for c in cases if c not in set(test)]
+
+
+def _check_test_pairs(folder: str, labelled: List[str], ending: str) -> None:
+    """Every test image has its label and every label its image: a test set that shrinks without a word measures
+    other cases than the user chose."""
+    images = {f[:-len(ending)].rsplit("_", 1)[0] for f in os.listdir(os.path.join(folder, "imagesTs"))
+              if f.endswith(ending) and re.search(r"_\d{4}$", f[:-len(ending)])}
+    for missing, have, lack in ((sorted(images - set(labelled)), "imagesTs", "labelsTs"),
+                                (sorted(set(labelled) - images), "labelsTs", "imagesTs")):
+        if missing:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            raise ValueError(f"the test folder {folder}: {lack}/ lacks {len(missing)} case(s) that {have}/ holds: "
+                             f"{shown}; add them (CASE{ending} / CASE_0000{ending}), or remove them from {have}/")
 
 
 def _channels(raw: str) -> int:
@@ -173,7 +191,7 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
                     work: str, log: str) -> Tuple[str, str]:
     """(dataset name, plans name) of the raw dataset holding exactly ``cases``, planned and preprocessed (once)."""
     registry_file = os.path.join(work, "datasets.json")
-    registry = _load(registry_file) or {}
+    registry = read_results(registry_file) or {}
     key = f"n{n}_seed{seed}"
     entry = registry.get(key)
     if entry is not None and entry["cases"] != cases:
@@ -184,7 +202,7 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
         dataset_id = next(i for i in range(FIRST_DATASET_ID, 1000) if i not in used)
         entry = {"id": dataset_id, "name": f"Dataset{dataset_id:03d}_LC{n}s{seed}", "cases": cases}
         registry[key] = entry
-        _atomic_json(registry_file, registry)
+        write_results(registry_file, registry)
     name, plans = entry["name"], OVERRIDE_PLANS if s.configuration_override else "nnUNetPlans"
     preprocessed = os.path.join(env["nnUNet_preprocessed"], name)
     done_marker = os.path.join(preprocessed, f"learning_curve_{plans}.done")
@@ -382,6 +400,13 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
 def run_curve(s: CurveSettings) -> Dict:
     """Run every (trainer, size, seed) not yet in ``s.output``; returns the results (also written beside it)."""
     s.check()
+    for spec in s.trainers:  # before anything is planned or preprocessed
+        trainer, encoder = trainer_spec(spec)
+        cls = resolve_budget_trainer(trainer)
+        if encoder:
+            resolve_encoder(trainer, cls, encoder)
+    previous = read_results(s.output)  # an unreadable results file stops here, not after the first run
+    read_results(os.path.join(os.path.abspath(s.work_dir), "datasets.json"))
     work = os.path.abspath(s.work_dir)
     # the runs' settings are the tool's, not stray ones of the caller; the memory check's skip changes no result
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_") or k == settings.SKIP_MEMORY_CHECK}
@@ -395,7 +420,7 @@ def run_curve(s: CurveSettings) -> Dict:
         ending = json.load(f)["file_ending"]
     test_folder, test_cases, pool = choose_test_set(s, source, ending, work)
 
-    result = _load(s.output) or {"runs": []}
+    result = previous or {"runs": []}
     if result.get("test_cases") not in (None, test_cases):
         raise ValueError(f"{s.output} holds runs on another test set; give another --output")
     machine = describe_machine()
@@ -560,8 +585,8 @@ def write_chart(result: Dict, path: str) -> None:
 
 
 def write_outputs(result: Dict, json_path: str) -> None:
-    """The JSON (atomically), then the table and the chart beside it."""
-    _atomic_json(json_path, result)
+    """The JSON (atomically, the one it replaces kept as .bak), then the table and the chart beside it."""
+    write_results(json_path, result)
     base = os.path.splitext(json_path)[0]
     with atomic_write(base + ".md") as f:
         f.write(markdown_table(result).encode())

@@ -68,12 +68,18 @@ def describe_machine() -> Dict:
 def machine_line(machine: Dict) -> str:
     """One line: 'Intel Xeon ..., 2 cores, 24 GiB RAM, no GPU'."""
     gpu = machine.get("gpu")
-    gpu_text = f"{gpu['name']} ({gpu['memory_bytes'] / 2 ** 30:.0f} GiB)" if gpu else "no GPU"
+    gpu_text = "no GPU"
+    if gpu:
+        gpu_memory = gpu.get("memory_bytes")
+        gpu_text = f"{gpu.get('name')}" + (f" ({gpu_memory / 2 ** 30:.0f} GiB)" if gpu_memory else "")
     bf16 = machine.get("cpu_bf16")
-    bf16_text = (f"; CPU bfloat16 {'native' if bf16['native'] else 'not native'}, nnUNet_SAM_cpu_bf16={bf16['setting']}"
-                 if bf16 else "")
-    return (f"{machine['cpu']}, {machine['usable_cores']} cores, {machine['memory_bytes'] / 2 ** 30:.0f} GiB RAM, "
-            f"{gpu_text}; {machine['os']}{bf16_text}")
+    bf16_text = (f"; CPU bfloat16 {'native' if bf16.get('native') else 'not native'}, "
+                 f"nnUNet_SAM_cpu_bf16={bf16.get('setting')}" if bf16 else "")
+    # a record from an older version, or edited by hand, may lack a field: the line says so instead of a KeyError
+    memory = machine.get("memory_bytes")
+    memory_text = f"{memory / 2 ** 30:.0f} GiB RAM" if isinstance(memory, (int, float)) else "RAM not recorded"
+    return (f"{machine.get('cpu', 'CPU not recorded')}, {machine.get('usable_cores', '?')} cores, {memory_text}, "
+            f"{gpu_text}; {machine.get('os', 'OS not recorded')}{bf16_text}")
 
 
 def versions_line(machine: Dict) -> str:
