@@ -18,7 +18,10 @@ Where and how:
     oversampling, the nnU-Net version; every file name carries the
     fingerprint of its case's preprocessed files. A stale entry is never read: it is not found.
   - Files are written atomically (temporary file, fsync, rename): an interrupted build resumes where it stopped, a
-    half-written file is never used; several processes (folds, DDP ranks) read one cache at once.
+    half-written file is never used; several processes (folds, DDP ranks) read one cache at once. An entry damaged
+    later (or deleted, with its folder) is found where the build counts it and where training reads it, and encoded
+    again (trainers.cache_entries); folders superseded by other weights are listed in the log with the command
+    that removes them.
   - Before writing, the size is estimated from the first copy and compared with the free disk space.
   - Under a wall-clock budget the cache is not built first but filled as drawn: a copy is encoded when training
     first draws it (the same copy, from the same seed), so a budget is never spent on encoding patches it does not
@@ -44,6 +47,7 @@ from tqdm import tqdm
 from sam_nnunet import settings
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.zap25d import CachedEmbeddings
+from sam_nnunet.trainers.cache_entries import CacheEntryError, entry_is_usable, load_entry, superseded_report
 from sam_nnunet.trainers.checkpoints import atomic_torch_save
 
 CACHE_FORMAT = 2  # 2: validation copies named apart from training copies (1 read one for the other across folds)
@@ -101,6 +105,7 @@ class EmbeddingCache:
             os.replace(tmp, key_file)
 
     def write(self, path: str, embeddings: CachedEmbeddings, target: torch.Tensor) -> int:
+        self.prepare()  # the folder may have been deleted while training ran
         entry = {"format": CACHE_FORMAT,
                  "embeddings": {str(a): e.detach().to("cpu", torch.float16).contiguous()
                                 for a, e in embeddings.embeddings.items()},
@@ -112,7 +117,8 @@ class EmbeddingCache:
 
     @staticmethod
     def read(path: str) -> Tuple[CachedEmbeddings, torch.Tensor]:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
+        """Raises CacheEntryError for a missing or damaged entry (``weights_only``: tensors and plain values)."""
+        entry = load_entry(path)
         embeddings = {int(a): e for a, e in entry["embeddings"].items()}
         shapes = {int(a): tuple(s) for a, s in entry["slice_shapes"].items()}
         return CachedEmbeddings(embeddings, shapes, tuple(entry["spatial"]), 1), entry["target"]
@@ -122,15 +128,19 @@ class CachedBatches:
     """An endless iterator of nnU-Net batches ({'data': CachedEmbeddings, 'target', 'keys'}) drawn from the cache:
     ``batch_size`` cases uniformly with replacement (as nnU-Net's loader), one of their copies each. With ``fill``
     (case, copy, path), a copy missing from the cache is encoded when it is first drawn (and read back, so that it
-    is used exactly as later draws read it)."""
+    is used exactly as later draws read it). With ``repair`` (the same signature), an entry found missing or damaged
+    when drawn is encoded again (the log says which); without, it stops training with one line naming it."""
 
     def __init__(self, entries: Dict[str, List[str]], batch_size: int, seed: Optional[int] = None,
-                 fill: Optional[Callable[[str, int, str], None]] = None) -> None:
+                 fill: Optional[Callable[[str, int, str], None]] = None,
+                 repair: Optional[Callable[[str, int, str], None]] = None, log=print) -> None:
         self.entries = entries
         self.cases = sorted(entries)
         self.batch_size = batch_size
         self.rng = random.Random(seed)
         self.fill = fill
+        self.repair = repair
+        self.log = log
 
     def __iter__(self):
         return self
@@ -140,7 +150,21 @@ class CachedBatches:
         path = self.rng.choice(paths)
         if self.fill is not None and not os.path.isfile(path):
             self.fill(case, paths.index(path), path)
-        return EmbeddingCache.read(path)
+        try:
+            return EmbeddingCache.read(path)
+        except CacheEntryError as e:
+            if self.repair is None:
+                raise UserFacingExit(f"The embedding-cache entry {e}. Delete it (it is encoded again at the next "
+                                     f"start), or train without the cache ({settings.CACHE_COPIES}=0)") from None
+            self.log(f"Embedding cache: {e}; encoding it again")
+            self.repair(case, paths.index(path), path)
+        try:
+            return EmbeddingCache.read(path)
+        except CacheEntryError as e:
+            raise UserFacingExit(
+                f"The embedding-cache entry {e}, even after encoding it again: is the disk failing or full? Delete "
+                f"the cache folder {os.path.dirname(path)} (it is rebuilt), point {settings.CACHE_DIR} at another "
+                f"disk, or train without the cache ({settings.CACHE_COPIES}=0)") from None
 
     def __next__(self) -> dict:
         cases = [self.rng.choice(self.cases) for _ in range(self.batch_size)]
@@ -183,9 +207,14 @@ def build_cache(cache: EmbeddingCache, network, dataset, fingerprints: Dict[str,
     Checks the free disk space after the first new entry."""
     cache.prepare()
     entries = {c: [cache.path(c, fingerprints[c], k, what) for k in range(copies)] for c in dataset.identifiers}
-    missing = {c: [k for k, p in enumerate(paths) if not os.path.isfile(p)] for c, paths in entries.items()}
+    # present = readable (zip and pickle checked, tensors mapped, not read): a damaged entry is encoded again
+    missing = {c: [k for k, p in enumerate(paths) if not entry_is_usable(p)] for c, paths in entries.items()}
     missing = {c: ks for c, ks in missing.items() if ks}
     todo = sum(len(ks) for ks in missing.values())
+    damaged = [entries[c][k] for c, ks in missing.items() for k in ks if os.path.isfile(entries[c][k])]
+    if damaged:
+        log(f"Embedding cache ({what}): {len(damaged)} damaged entries are encoded again: "
+            f"{', '.join(os.path.basename(p) for p in damaged[:5])}{', ...' if len(damaged) > 5 else ''}")
     if not todo:
         log(f"Embedding cache ({what}): all {copies} copies of {len(entries)} cases present in {cache.folder}")
         return entries
@@ -223,11 +252,11 @@ def filler(cache: EmbeddingCache, network, dataset, entries: Dict[str, List[str]
     the copy's) when it is first drawn. The disk is checked after the first one."""
     cache.prepare()
     state = {"checked": False}
+    encode = encoder_of(cache, network, dataset, patch_size, final_patch_size, label_manager, oversample, transforms,
+                        device)
 
     def fill(case: str, copy: int, path: str) -> None:
-        (data, target), = _draw_copies(dataset, case, [copy], cache.digest, patch_size, final_patch_size,
-                                       label_manager, oversample, transforms)
-        size = _encode_entry(cache, network, data, target, path, device)
+        size = encode(case, copy, path)
         if not state["checked"]:
             state["checked"] = True
             missing = sum(not os.path.isfile(p) for paths in entries.values() for p in paths)
@@ -235,6 +264,17 @@ def filler(cache: EmbeddingCache, network, dataset, entries: Dict[str, List[str]
                 f"{sum(len(p) for p in entries.values())} copies still to encode ({size / 2 ** 20:.1f} MiB each)")
             _check_disk(cache.folder, size * missing, what)
     return fill
+
+
+def encoder_of(cache: EmbeddingCache, network, dataset, patch_size, final_patch_size, label_manager,
+               oversample: float, transforms, device: torch.device) -> Callable[[str, int, str], int]:
+    """(case, copy, path) -> bytes written: draws and encodes one copy, the same patch whenever it is encoded (its
+    seed is the copy's). ``CachedBatches``' ``repair`` of a damaged entry, and the core of ``filler``."""
+    def encode(case: str, copy: int, path: str) -> int:
+        (data, target), = _draw_copies(dataset, case, [copy], cache.digest, patch_size, final_patch_size,
+                                       label_manager, oversample, transforms)
+        return _encode_entry(cache, network, data, target, path, device)
+    return encode
 
 
 def _check_disk(folder: str, needed: int, what: str) -> None:
@@ -317,6 +357,10 @@ class EmbeddingCacheMixin:
                 f"{encodings}; every step runs the encoder ({settings.CACHE_COPIES}=N forces a cache of N copies)")
             return super().get_dataloaders()
         cache = self.embedding_cache()
+        report = superseded_report(os.path.dirname(cache.folder), cache.key, cache.digest) \
+            if self.local_rank == 0 else None
+        if report:
+            self.print_to_log_file(report)
         folder, patch = self.preprocessed_dataset_folder, self.configuration_manager.patch_size
         # under a wall-clock budget the cache fills as it is drawn: building it first could take the whole budget,
         # and a copy encoded at its first draw costs what an uncached step costs, later draws only the decoder;
@@ -341,7 +385,10 @@ class EmbeddingCacheMixin:
                                 what, log=self.print_to_log_file)
                 if self.is_ddp:
                     torch.distributed.barrier()  # the other ranks read what rank 0 wrote
-            loaders.append(CachedBatches(entries, self.batch_size, fill=fill))
+            repair = encoder_of(cache, self.sam_network, dataset, size, patch, self.label_manager,
+                                self.oversample_foreground_percent, transforms, self.device)
+            loaders.append(CachedBatches(entries, self.batch_size, fill=fill, repair=repair,
+                                         log=self.print_to_log_file))
         self.print_to_log_file(f"Training from the embedding cache: {copies} augmented copies per case"
                                f"{', each encoded when first drawn (time budget)' if as_drawn else ''} "
                                f"({settings.CACHE_COPIES}=0 trains without it)")
