@@ -19,10 +19,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
 from sam_nnunet.inference.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
                                            world_to_file_index)
-from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, refine_case_prompts
+from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts, \
+    refine_case_prompts
 from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.inference.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
     click_point_label
@@ -148,6 +150,47 @@ class InteractiveSession:
         return self._interact(self.interactions.add(boxes=corners[None], box_labels=[value],
                                                     at_round=len(self._history)))
 
+    def automatic(self) -> np.ndarray:
+        """The model's automatic segmentation (no prompt, every tile whatever ``tiles`` says) as the current one: an
+        interaction (undo takes it back) that the next interactions refine. Returns the new mask."""
+        self._need_image()
+        p = self.predictor
+        tiles, p.tiles = p.tiles, "all"  # "clicked" / "centred" predict nothing without a prompt
+        try:
+            logits = predict_case_prompts(p, self._data, CasePrompts.of(), self._properties).cpu()
+        finally:
+            p.tiles = tiles
+        return self._push(CasePrompts.of(), logits)
+
+    def set_initial_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        """A segmentation (*S) of the image as set_image took it, valued with the model's labels (a saved or a
+        hand-drawn one), as the current one: an interaction (undo takes it back) that the next interactions refine;
+        its logits (+-10 per output) are their mask prompt. Returns it."""
+        self._need_image()
+        segmentation = np.asarray(segmentation)
+        if segmentation.shape != self._shape:
+            raise SessionError(f"the initial segmentation has shape {list(segmentation.shape)}, the image "
+                               f"{list(self._shape)}: it must be a segmentation of this image")
+        lm, pm, cm = self.predictor.label_manager, self.predictor.plans_manager, self.predictor.configuration_manager
+        unknown = sorted(set(np.unique(segmentation).tolist()) - set(lm.all_labels))
+        if unknown:
+            raise SessionError(f"the initial segmentation holds values {unknown} that are no label of this model "
+                               f"(labels: {self.predictor.dataset_json['labels']})")
+        # nnU-Net's preprocessing of a segmentation: transpose, crop to the image's nonzero box, resample
+        crop = bounding_box_to_slice(self._properties["bbox_used_for_cropping"])
+        seg = segmentation.transpose(pm.transpose_forward)[crop]
+        spacing = [self._properties["spacing"][i] for i in pm.transpose_forward]
+        seg = cm.resampling_fn_seg(seg[None], self._data.shape[1:], spacing, cm.spacing)[0]
+        if lm.has_regions:
+            inside = np.stack([np.isin(seg, region) for region in lm.foreground_regions])
+        else:
+            inside = np.stack([seg == c for c in range(lm.num_segmentation_heads)])  # channel c: label c
+        logits = torch.from_numpy(np.where(inside, 10.0, -10.0).astype(np.float32))
+        if not lm.has_regions:
+            logits[0] = 0  # ZAP's background logit: the mask prompt is then +-10
+        self._history.append((CasePrompts.of(), logits, segmentation.copy()))
+        return self._history[-1][2]
+
     def get_mask(self) -> np.ndarray:
         """The current segmentation (*S), in the image as set_image took it (background before any interaction)."""
         self._need_image()
@@ -204,8 +247,6 @@ class InteractiveSession:
             raise SessionError(str(e)) from None
 
     def _interact(self, prompts: CasePrompts) -> np.ndarray:
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
         p = self.predictor
         # the previous prediction refines only where the network takes a mask prompt (not the adapter's _public)
         refines = getattr(p.plain_network, "takes_boxes", False)
@@ -214,6 +255,12 @@ class InteractiveSession:
             logits = refine_case_prompts(p, self._data, prompts, self._properties, previous, self.merge).cpu()
         except ClickOutsideError as e:
             raise SessionError(str(e)) from None
+        return self._push(prompts, logits)
+
+    def _push(self, prompts: CasePrompts, logits: torch.Tensor) -> np.ndarray:
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        p = self.predictor
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, p.plans_manager, p.configuration_manager, p.label_manager, self._properties,
             return_probabilities=False)
