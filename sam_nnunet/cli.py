@@ -83,7 +83,8 @@ def _cmd_predict_prompted(args) -> None:
                                    simulate=args.simulate_clicks, reference_folder=args.reference, tiles=args.tiles,
                                    seed=args.seed, device=torch.device(args.device), checkpoint_name=args.chk,
                                    step_size=args.step_size, disable_tta=args.disable_tta,
-                                   save_probabilities=args.save_probabilities, num_processes=args.npp)
+                                   save_probabilities=args.save_probabilities, num_processes=args.npp,
+                                   merge=args.merge)
     except (PromptFileError, ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
     print(f"Predictions and the clicks used (clicks.json): {args.o}")
@@ -245,6 +246,9 @@ def _add_predict_prompted(sub) -> None:
     p.add_argument("--disable-tta", "--disable_tta", dest="disable_tta", action="store_true")
     p.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities", action="store_true")
     p.add_argument("--num-processes", "-npp", dest="npp", type=int, default=2, help="processes for evaluation")
+    p.add_argument("--merge", default="progressive", choices=("progressive", "none"),
+                   help="rounds of a prompt file: progressive (default) changes the previous round's mask only where "
+                        "the change is connected to the round's prompts; none: the new prediction everywhere")
     p.set_defaults(func=_cmd_predict_prompted)
 
 

@@ -246,12 +246,14 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                      reference_folder: Optional[str] = None, tiles: str = "all", seed: int = 0,
                      device: Optional[torch.device] = None, checkpoint_name: str = "checkpoint_final.pth",
                      step_size: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
-                     num_processes: int = 2, tolerance_mm: float = 5.0) -> Optional[dict]:
+                     num_processes: int = 2, tolerance_mm: float = 5.0, merge: str = "progressive") -> Optional[dict]:
     """Predict every case of ``input_folder`` (nnU-Net's naming: CASE_0000.nii.gz, ...) with its clicks.
 
     Clicks come from ``prompts_file`` or are simulated (``simulate`` per class) from ``reference_folder``'s labels.
     With ``reference_folder`` the predictions are evaluated as ``sam-nnunet evaluate`` does (nnU-Net's Dice, NSD at
     ``tolerance_mm``, HD95; ``OUT/summary.json`` and ``summary.csv``); the summary is returned.
+    ``merge``: how a later round of a prompt file's ``rounds`` changes the previous prediction ("progressive": only
+    where the change is connected to its prompts; "none": everywhere; ``refine_case_prompts``).
     Errors the user can fix raise PromptFileError / ValueError with a message naming the case.
     """
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
@@ -262,6 +264,8 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
         raise ValueError("give either a prompt file (--prompts) or --simulate-clicks N with --reference")
     if simulate is not None and (reference_folder is None or simulate < 1):
         raise ValueError("--simulate-clicks N needs N >= 1 and --reference LABELS_FOLDER")
+    if merge not in MERGES:
+        raise ValueError(f"--merge must be one of {', '.join(MERGES)}, not {merge!r}")
     if not os.path.isdir(input_folder):
         raise ValueError(f"input folder {input_folder} does not exist")
     prompts = load_prompts(prompts_file) if prompts_file is not None else None
@@ -311,7 +315,7 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     for case, case_files in zip(cases, files):
         data, _, properties = preprocessor.run_case(case_files, None, pm, cm, dataset_json)
         try:
-            logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties).cpu()
+            logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties, merge).cpu()
         except ClickOutsideError as e:
             raise PromptFileError(f"case {case!r}: {e}") from None
         export_prediction_from_logits(logits, properties, cm, pm, dataset_json, join(output_folder, case),

@@ -28,13 +28,10 @@ from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, p
 from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.inference.prompt_file import Box, Click, PromptFileError, box_label, class_channels, \
     click_point_label
+from sam_nnunet.inference.session_inputs import SessionError, class_label, convention, position
 from sam_nnunet.prompts.corrections import MERGES
 
 COORDINATES = ("array", "voxel", "world")
-
-
-class SessionError(ValueError):
-    """An interaction that cannot be used; the message says why and what to do."""
 
 
 class InteractiveSession:
@@ -42,7 +39,8 @@ class InteractiveSession:
 
     Arguments:
       predictor: a PromptedPredictor with the trained model (``from_model_folder`` builds one).
-      world_convention: "LPS" (ITK) or "RAS" (nibabel, Slicer) for world coordinates.
+      world_convention: "LPS" (ITK) or "RAS" (nibabel, Slicer) for world coordinates (any case; checked here and
+        whenever it is set).
       merge: "progressive" (an interaction changes the mask only where the change is connected to it) or "none".
     """
 
@@ -52,7 +50,7 @@ class InteractiveSession:
         if merge not in MERGES:
             raise SessionError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
         self.predictor = predictor
-        self.world_convention = world_convention
+        self.world_convention = world_convention  # checked by the property, before any image is set
         self.merge = merge
         lm = predictor.label_manager
         self._channels = class_channels(predictor.dataset_json["labels"], lm.has_regions)
@@ -66,11 +64,21 @@ class InteractiveSession:
     def from_model_folder(cls, model_folder: str, folds: Sequence[Union[int, str]] = (0,),
                           device: Optional[torch.device] = None, tiles: str = "clicked", disable_tta: bool = False,
                           checkpoint_name: str = "checkpoint_final.pth",
-                          merge: str = "progressive") -> "InteractiveSession":
+                          merge: str = "progressive", world_convention: str = "LPS") -> "InteractiveSession":
         """``tiles``: "clicked" (default: only tiles holding a prompt are predicted, as ZAP-2.5DSAM tests), "all",
         "centred" (see PromptedPredictor)."""
+        world_convention = convention(world_convention)  # before the model loads
         return cls(load_prompted_predictor(model_folder, folds, device or torch.device("cpu"), tiles,
-                                           disable_tta=disable_tta, checkpoint_name=checkpoint_name), merge=merge)
+                                           disable_tta=disable_tta, checkpoint_name=checkpoint_name), merge=merge,
+                   world_convention=world_convention)
+
+    @property
+    def world_convention(self) -> str:
+        return self._world_convention
+
+    @world_convention.setter
+    def world_convention(self, value: str) -> None:
+        self._world_convention = convention(value)
 
     # ---- the image ----------------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, properties: dict, image_file: Optional[str] = None) -> None:
@@ -108,9 +116,12 @@ class InteractiveSession:
         "world" = mm) of class ``label`` (a name of the model's dataset.json or, label-based, its value); negative:
         "not this class". Returns the new mask."""
         self._need_image()
-        where = f"click {list(point)}"
+        where = f"click {point!r}"
+        point = position(point, where)
+        if not isinstance(positive, bool):
+            raise SessionError(f"{where}: positive must be True or False, not {positive!r}")
         try:
-            value = click_point_label(Click(tuple(float(v) for v in point), label, positive), self._channels,
+            value = click_point_label(Click(point, class_label(label, where), positive), self._channels,
                                       self.predictor.label_manager.has_regions, where)
         except PromptFileError as e:
             raise SessionError(str(e)) from None
@@ -127,12 +138,13 @@ class InteractiveSession:
         ``label``. Boxes are positive: SAM's prompt encoder has no negative box (correct with negative clicks).
         Returns the new mask."""
         self._need_image()
-        where = f"box {[list(first), list(last)]}"
+        where = f"box {first!r}, {last!r}"
+        first, last = position(first, where + " (first corner)"), position(last, where + " (last corner)")
         if not positive:
             raise SessionError(f"{where}: a box says \"class c is in here\"; SAM's prompt encoder has no negative "
                                f"box. Correct with negative clicks (add_click(..., positive=False))")
         try:
-            value = box_label(Box(tuple(first), tuple(last), label), self._channels,
+            value = box_label(Box(first, last, class_label(label, where)), self._channels,
                               self.predictor.label_manager.has_regions, where)
         except PromptFileError as e:
             raise SessionError(str(e)) from None
