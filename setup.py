@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sam_nnunet", "sam_nnunet.*"]),
     # the shim folder that nnUNet_extTrainer points at holds a plain module, not a package
-    package_data={"sam_nnunet": ["nnunet_ext/*.py"]},
+    package_data={"sam_nnunet": ["nnunet_ext/*.py", "napari_plugin/napari.yaml"]},
     install_requires=[
         # 2.8.0 introduced nnUNet_extTrainer; the trainer lookup we rely on is unchanged up to 2.8.1
         "nnunetv2>=2.8.0,<2.9",
@@ -37,6 +37,11 @@ setup(
         # to compile a CUDA extension; Meta's own `pip install git+https://github.com/facebookresearch/sam2` provides
         # the same `sam2` package. Nothing else of sam-nnunet imports it.
         "sam2": ["sam2>=1.1.0,<2"],
+        # the napari plugin (documentation/napari.md): pinned to the napari / PyQt5 pair whose viewer, tools and
+        # thread workers the widget tests exercise; pytest-qt gives napari's make_napari_viewer its qtbot,
+        # pytest-xvfb a virtual display for the tests (vispy needs a GL context: Qt's offscreen platform has none)
+        "napari": ["napari[pyqt5]==0.9.2", "PyQt5==5.15.11", "pytest-qt==4.5.0", "pytest-xvfb==3.1.1"],
     },
-    entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"]},
+    entry_points={"console_scripts": ["sam-nnunet=sam_nnunet.cli:main"],
+                  "napari.manifest": ["sam-nnunet = sam_nnunet.napari_plugin:napari.yaml"]},
 )

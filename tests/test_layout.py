@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(sam_nnunet.__file__).parent
 # low to high: a module may import its own unit and the units before it (README.md, "Layout")
 LAYERS = ["sam_nnunet", "errors", "settings", "synthetic", "fold_lock", "nnunet_env", "commands", "nnunet_prediction",
           "nnunet_checkpoint", "encoders", "prompts", "blocks", "decoders", "losses", "networks", "trainers", "metrics",
-          "inference", "planners", "evaluation", "nnunet_ext", "info", "demo", "cli"]
+          "inference", "planners", "evaluation", "napari_plugin", "nnunet_ext", "info", "demo", "cli"]
 
 # what models trained with sam-nnunet name in plans.json ("network_class_name"); a moved class keeps an alias here
 STORED_NETWORK_PATHS = {
