@@ -121,6 +121,9 @@ _CHECKS = {
 }
 
 
+_WARNED = set()
+
+
 def check_all(warn=None) -> None:
     """Check every nnUNet_SAM_* variable: raises ValueError naming the first bad value and what it takes. A name
     sam-nnunet does not read is not an error (another tool may own it) but ``warn`` (default: stderr) says so, with
@@ -129,6 +132,9 @@ def check_all(warn=None) -> None:
         _CHECKS[name](name)
     unknown = sorted(k for k in os.environ if k.startswith("nnUNet_SAM_") and k not in _CHECKS)
     for name in unknown:
+        if warn is None and name in _WARNED:
+            continue  # once per process (the trainer checks at __init__ and again when it builds the network)
+        _WARNED.add(name)
         close = difflib.get_close_matches(name, list(_CHECKS), n=2, cutoff=0.8)
         line = (f"sam-nnunet: WARNING: {name} is not a sam-nnunet setting and is ignored" +
                 (f"; did you mean {' or '.join(close)}?" if close else "") + " (settings: sam_nnunet/settings.py)")
