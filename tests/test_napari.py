@@ -16,6 +16,10 @@ pytestmark = pytest.mark.napari
 napari = pytest.importorskip("napari", reason="the napari plugin's tests need pip install -e '.[napari]' "
                                               "(scripts/setup.sh installs it)")
 
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):  # Qt would abort the whole worker
+    pytest.skip("no display: pytest-xvfb starts one when Xvfb is installed (apt-get install xvfb; scripts/setup.sh "
+                "does as root)", allow_module_level=True)
+
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO  # noqa: E402
 
 from sam_nnunet.inference.session import InteractiveSession  # noqa: E402
