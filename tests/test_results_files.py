@@ -49,7 +49,7 @@ def curve(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("content, reason", [
-    (b'{"runs": [{"key": "a", "dice"', "it is not valid JSON at line 1: truncated or edited?"),
+    (b'{"runs": [{"key": "a", "dice"', "it is not valid JSON at line 1 (truncated or edited?)"),
     (b'{"runs": [\n<<<<<<< HEAD\n{"key": "a"}\n=======\n{"key": "b"}\n>>>>>>> other\n]}', "it holds a merge conflict"),
     (b"", "it is empty"),
     (b"[1, 2]", "it holds a JSON list, not an object"),
@@ -147,6 +147,8 @@ def test_benchmark_names_are_resolved_before_any_worker(monkeypatch):
             ({"trainers": ["ZAP25DSAMTrainer"], "encoders": {"*": "vit_bb"}}, r"encoder 'vit_bb' .* did you mean")):
         with pytest.raises(ValueError, match=message):
             benchmark.BenchmarkSettings(dataset="Dataset004_Hippocampus", **kwargs).resolve()
+    with pytest.raises(ValueError, match=r"'ZAP25DSAMTrainr' is not a trainer"):  # first, before the dataset
+        benchmark.BenchmarkSettings(dataset="999", trainers=["ZAP25DSAMTrainr"]).resolve()
     # nnU-Net's own variants and the shorter schedules resolve
     benchmark.BenchmarkSettings(dataset="Dataset004_Hippocampus",
                                 trainers=["nnUNetTrainer_250epochs", "ZAP25DSAMTrainer_100epochs"]).resolve()

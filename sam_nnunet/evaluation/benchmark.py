@@ -67,6 +67,7 @@ class BenchmarkSettings:
 
         if not self.trainers:
             raise ValueError("name at least one trainer (-tr nnUNetTrainer SAMAdapterTrainer ...)")
+        self.resolve_names()  # first: a misspelt -tr is the one line, whatever else is wrong
         for name, value in (("--epochs", self.epochs), ("--iterations", self.iterations)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -89,13 +90,14 @@ class BenchmarkSettings:
         unknown -= set(self.trainers) | {"*"}
         if unknown:
             raise ValueError(f"--encoder / --checkpoint name trainers that are not benchmarked: {sorted(unknown)}")
-        self.resolve_names()
         return self
 
     def resolve_names(self) -> None:
         """Every trainer and encoder name, before a worker starts: a typo is one line with the close matches."""
         classes = {t: resolve_trainer(t, "-tr") for t in self.trainers}
         for trainer, encoder in self.encoders.items():
+            if trainer not in classes and trainer != "*":
+                continue  # refused below: an --encoder for a trainer that is not benchmarked
             if trainer == "*":  # for every trainer that adapts its family: only the name itself must exist
                 if encoder not in ENCODERS:
                     resolve_encoder("every trainer", None, encoder)

@@ -40,7 +40,7 @@ def read_results(path: str) -> Optional[dict]:
     except ValueError as e:  # also invalid UTF-8
         line = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
         reason = ("it holds a merge conflict" if b"\n<<<<<<< " in b"\n" + raw else
-                  "it is empty" if not raw.strip() else f"it is not valid JSON{line}: truncated or edited?")
+                  "it is empty" if not raw.strip() else f"it is not valid JSON{line} (truncated or edited?)")
     if reason is None:
         return data
     bak = backup_path(path)
