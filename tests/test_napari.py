@@ -88,7 +88,9 @@ def _widget(make_napari_viewer, qtbot, model_folder, image_file):
     widget = SessionWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.open_image(image_file)  # before a model: nnU-Net's reader for .nii.gz, then the model's
-    widget.load_model(model_folder, folds=[0])
+    widget.model_edit.setText(model_folder)
+    widget.folds_edit.setText("0")
+    widget.load_button.click()
     _wait(qtbot, widget)
     return viewer, widget
 
@@ -117,7 +119,7 @@ def test_widget_segments_corrects_undoes_and_saves_as_the_session_does(make_napa
         np.testing.assert_allclose(layer.scale, image.scale)
     labels = widget.labels_layer
 
-    widget.automatic()
+    widget.automatic_button.click()
     _wait(qtbot, widget)
     np.testing.assert_array_equal(labels.data, reference.automatic())
 
@@ -146,12 +148,12 @@ def test_widget_segments_corrects_undoes_and_saves_as_the_session_does(make_napa
     assert (labels.data != positive).any()  # the interactions changed the segmentation
 
     # undo: the box, then the negative click, each with its prompt on its layer
-    widget.undo()
+    widget.undo_button.click()
     _wait(qtbot, widget)
     negative = reference.undo()
     np.testing.assert_array_equal(labels.data, negative)
     assert len(widget.shapes_layer.data) == 0 and len(widget.points_layer.data) == 2
-    widget.undo()
+    widget.undo_button.click()
     _wait(qtbot, widget)
     np.testing.assert_array_equal(labels.data, reference.undo())
     np.testing.assert_allclose(widget.points_layer.data, [[9, 12, 10]])
@@ -159,7 +161,7 @@ def test_widget_segments_corrects_undoes_and_saves_as_the_session_does(make_napa
     # save: the labels as NIfTI with the image's spacing, origin and direction
     out = str(tmp_path / "out" / "case_seg.nii.gz")
     widget.save_edit.setText(out)
-    assert widget.save() == out
+    widget.save_button.click()
     saved, original = sitk.ReadImage(out), sitk.ReadImage(image_file)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), positive)
     for attribute in ("GetSpacing", "GetOrigin", "GetDirection"):
@@ -180,7 +182,7 @@ def test_widget_segments_corrects_undoes_and_saves_as_the_session_does(make_napa
     assert len(widget.points_layer.data) == 2 and len(widget.session.interactions.labels) == 2
 
     # reset: no prompt, an empty segmentation
-    widget.reset()
+    widget.reset_button.click()
     _wait(qtbot, widget)
     assert (labels.data == 0).all() and len(widget.points_layer.data) == 0
     assert len(widget.session.interactions.labels) == 0
@@ -195,7 +197,7 @@ def test_a_labels_layer_as_initial_segmentation_then_refined(make_napari_viewer,
     drawn[6:12, 8:16, 10:14] = 2
     viewer.add_labels(drawn, name="drawn", scale=widget.image_layer.scale)
     widget.initial_combo.setCurrentText("drawn")
-    widget.use_initial()
+    widget.initial_button.click()
     _wait(qtbot, widget)
     np.testing.assert_array_equal(widget.labels_layer.data, drawn)
     widget.class_combo.setCurrentText("posterior")
@@ -250,3 +252,31 @@ def test_npe2_manifest_validates_and_names_the_widget():
     (command,) = [c for c in manifest.contributions.commands if c.id == widget.command]
     assert command.python_name == "sam_nnunet.napari_plugin.widget:SessionWidget"
     assert widget.display_name == "Interactive segmentation"
+
+
+def test_an_image_layer_of_its_own_and_test_time_mirroring(make_napari_viewer, qtbot, model_folder, tmp_path,
+                                                           notifications):
+    """An image layer not opened by the widget: its array axes are the session's, its scale the spacing; saved
+    with that spacing and its translate as origin. Mirroring on: the session's predictor mirrors as the reference's."""
+    viewer = make_napari_viewer()
+    widget = SessionWidget(viewer)
+    array = np.random.default_rng(1).normal(size=(12, 18, 14)).astype(np.float32)
+    array[3:9, 5:12, 4:10] += 3
+    viewer.add_image(array, name="plain", scale=(1.2, 1.0, 0.8), translate=(5.0, -2.0, 1.0))
+    widget.image_combo.setCurrentText("plain")
+    widget.mirroring_check.setChecked(True)
+    widget.load_model(model_folder, folds=[0])
+    _wait(qtbot, widget)
+    assert widget.session.predictor.use_mirroring and widget.image_layer is viewer.layers["plain"]
+    widget.class_combo.setCurrentText("posterior")
+    widget.points_layer.add([6.0, 8.0, 7.0])
+    _wait(qtbot, widget)
+    reference = InteractiveSession.from_model_folder(model_folder, (0,), disable_tta=False)
+    reference.set_image(array[None], {"spacing": [1.2, 1.0, 0.8]})
+    np.testing.assert_array_equal(widget.labels_layer.data, reference.add_click([6, 8, 7], "posterior"))
+    out = widget.save(str(tmp_path / "plain.nii.gz"))
+    saved = sitk.ReadImage(out)
+    np.testing.assert_allclose(saved.GetSpacing(), (0.8, 1.0, 1.2))
+    np.testing.assert_allclose(saved.GetOrigin(), (1.0, -2.0, 5.0))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), widget.labels_layer.data)
+    assert widget.save(str(tmp_path / "plain.png")) is None and "name it .nii.gz or .nii" in notifications[-1]
