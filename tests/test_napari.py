@@ -192,6 +192,7 @@ def test_a_labels_layer_as_initial_segmentation_then_refined(make_napari_viewer,
                                                              notifications):
     viewer, widget = _widget(make_napari_viewer, qtbot, model_folder, image_file)
     reference = _reference(model_folder, image_file)
+    assert [widget.initial_combo.itemText(i) for i in range(widget.initial_combo.count())] == []  # not its own
     drawn = np.zeros((18, 24, 20), np.uint8)
     drawn[6:12, 8:16, 5:10] = 1
     drawn[6:12, 8:16, 10:14] = 2

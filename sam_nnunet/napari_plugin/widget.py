@@ -232,7 +232,7 @@ class SessionWidget(QWidget):
         for combo, kind in ((self.image_combo, Image), (self.initial_combo, Labels)):
             current = combo.currentText()
             names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)
-                     and layer is not self.labels_layer]
+                     and layer.name != LABELS_NAME]  # not our own output (not yet assigned while inserted)
             combo.clear()
             combo.addItems(names)
             if current in names:
