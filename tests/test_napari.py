@@ -219,6 +219,8 @@ def test_a_labels_layer_as_initial_segmentation_then_refined(make_napari_viewer,
 def test_model_folder_messages(make_napari_viewer, qtbot, synthetic_dataset, tmp_path, notifications):
     viewer = make_napari_viewer()
     widget = SessionWidget(viewer)
+    widget.load_button.click()
+    assert "choose a model folder first" in notifications[-1]
     widget.load_model(str(tmp_path / "nowhere"), folds=[0])
     _wait(qtbot, widget)
     assert "does not exist: choose a trained model's folder" in notifications[-1]

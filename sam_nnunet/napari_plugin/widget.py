@@ -309,7 +309,11 @@ class SessionWidget(QWidget):
 
     # ---- model and image ----------------------------------------------------------------------------------------
     def load_model(self, folder: Optional[str] = None, folds: Optional[Sequence] = None) -> None:
-        folder = os.path.abspath(os.path.expanduser(folder or self.model_edit.text().strip()))
+        folder = folder or self.model_edit.text().strip()
+        if not folder:
+            show_error("choose a model folder first (Browse...): a prompted trainer's Trainer__Plans__configuration")
+            return
+        folder = os.path.abspath(os.path.expanduser(folder))
         self.model_edit.setText(folder)
         if folds is not None:
             self.folds_edit.setText(" ".join(str(f) for f in folds))
