@@ -8,7 +8,9 @@ per pseudo-slice. Both encoders take groups of slices (n, pool, 3, a, b) and ret
 Geometry: a slice of a x b voxels is upsampled by ``upsample`` (4, the paper's 128 -> 512), less where its longer
 side would exceed the encoder's training size ``limit`` (SAM: 1024, LiteMedSAM: 256), and rounded to whole tokens
 of ``stride`` pixels (SAM ViT: 16, TinyViT: 4). The slice fills the image (no padding to the training size, as ZAP
-runs SAM at 512 instead of 1024).
+runs SAM at 512 instead of 1024). ``canvas=True`` instead resizes every slice to the encoder's training canvas, as
+its official preprocessing places an image (LiteMedSAM: 256 x 256, aspect not kept; ``encoders.contract``): the
+input it was trained on, at the cost of the full token grid (64 x 64 for LiteMedSAM) whatever the slice size.
 
 Both are frozen and always in eval mode (TinyViT has BatchNorm); callers run them under ``torch.no_grad``.
 """
@@ -31,12 +33,15 @@ class PseudoSliceEncoder(nn.Module):
     stride: int = 16   # input pixels per token
     limit: int = 1024  # largest image side (the encoder's training size)
 
-    def __init__(self, upsample: float) -> None:
+    def __init__(self, upsample: float, canvas: bool = False) -> None:
         super().__init__()
         self.upsample = upsample
+        self.canvas = canvas
 
     def grid(self, a: int, b: int) -> Tuple[int, int]:
         """Token grid (gh, gw) of an a x b slice; the encoder sees a (gh * stride, gw * stride) image."""
+        if self.canvas:
+            return self.limit // self.stride, self.limit // self.stride
         scale = min(float(self.upsample), self.limit / max(a, b))
         return max(1, round(a * scale / self.stride)), max(1, round(b * scale / self.stride))
 
@@ -75,7 +80,7 @@ class ViTPseudoSliceEncoder(PseudoSliceEncoder):
     """
 
     def __init__(self, name: str, window_size: int = 16, upsample: float = 4) -> None:
-        super().__init__(upsample)
+        super().__init__(upsample)  # no canvas: SAM places an image on its 1024 canvas padded, not resized
         cfg = SAM_VIT_CONFIGS[name]
         self.stride = cfg.patch_size
         self.limit = cfg.img_size
@@ -114,13 +119,14 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
 
     Arguments:
       upsample: in-plane upsampling of every slice (capped so that the image stays within 256x256).
+      canvas: every slice resized to 256 x 256 instead (LiteMedSAM's own placement; ``upsample`` unused).
     """
 
     stride = LITEMEDSAM.patch_size
     limit = LITEMEDSAM.img_size
 
-    def __init__(self, upsample: float = 4) -> None:
-        super().__init__(upsample)
+    def __init__(self, upsample: float = 4, canvas: bool = False) -> None:
+        super().__init__(upsample, canvas)
         self.tinyvit = build_litemedsam_image_encoder()
         self.tinyvit.requires_grad_(False)
         self.eval()  # from the start: BatchNorm must never see a batch in training mode
@@ -191,11 +197,16 @@ class TinyViTPseudoSliceEncoder(PseudoSliceEncoder):
         return tinyvit.neck(x)
 
 
-def build_pseudo_slice_encoder(encoder: str, window_size: int, upsample: float) -> PseudoSliceEncoder:
+def build_pseudo_slice_encoder(encoder: str, window_size: int, upsample: float,
+                               canvas: bool = False) -> PseudoSliceEncoder:
     if encoder in SAM_VIT_CONFIGS:
+        if canvas:
+            raise ValueError("canvas=True is LiteMedSAM's placement (the slice resized to the whole canvas); SAM ViT "
+                             "places an image on its 1024 canvas padded, which ZAP's filled-frame prompts do not "
+                             "model: use canvas=False with SAM ViT")
         return ViTPseudoSliceEncoder(encoder, window_size, upsample)
     if encoder == LITEMEDSAM.name:
-        return TinyViTPseudoSliceEncoder(upsample)
+        return TinyViTPseudoSliceEncoder(upsample, canvas)
     raise ValueError(f"ZAP-2.5DSAM runs on a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}) or on {LITEMEDSAM.name}; "
                      f"got {encoder!r}")
 

@@ -11,6 +11,7 @@ import torch
 
 from sam_nnunet.encoders import litemedsam
 from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
+from sam_nnunet.encoders.contract import InputContract, contract_of
 from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, infer_sam2_variant, recognises_sam2
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, infer_sam_vit_variant
 
@@ -49,6 +50,11 @@ def get_encoder(name: str) -> EncoderSpec:
         raise CheckpointError(f"nnUNet_SAM_encoder={name!r} is not an encoder of sam-nnunet. Choose one of: "
                               f"{', '.join(sorted(ENCODERS))} (`sam-nnunet info` lists them).")
     return ENCODERS[name]
+
+
+def input_contract(name: str) -> InputContract:
+    """The input the encoder ``name`` was trained on (its family's official preprocessing)."""
+    return contract_of(get_encoder(name).family)
 
 
 def identify_checkpoint(state: Dict[str, torch.Tensor], path: str) -> EncoderSpec:

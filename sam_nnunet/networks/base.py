@@ -4,6 +4,9 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
+from sam_nnunet.blocks.channels import InputChannelAdapter
+from sam_nnunet.encoders.contract import IntensityWindow
+from sam_nnunet.encoders.registry import input_contract
 from sam_nnunet.networks.token_grid import UNALIGNED_GRID, TokenGrid
 
 
@@ -56,6 +59,13 @@ class SAMNetworkBase(nn.Module):
         raise NotImplementedError
 
     # ---- shared behaviour -------------------------------------------------------------------------------------
+    def encoder_input(self, input_channels: int, input_window=None) -> InputChannelAdapter:
+        """nnU-Net's input channels -> the encoder's 3 channels, with ``input_window`` (the plans' ``[[low, high],
+        ...]`` per channel, ``encoders.contract``) in the value range the encoder was trained on; None: as they are."""
+        window = IntensityWindow.from_kwargs(input_window)
+        contract = input_contract(self.encoder_name) if window is not None else None
+        return InputChannelAdapter(input_channels, 3, window, contract)
+
     def record_pretrained(self, checkpoint: Optional[str], sha256: Optional[str]) -> None:
         self.pretrained_info = {"encoder": self.encoder_name, "checkpoint": checkpoint, "sha256": sha256}
 

@@ -23,12 +23,11 @@ of anisotropic data) are the frames:
 In training mode ``forward`` returns a dict (``logits``, ``boundary``, ``slice_positions``) for the composite loss;
 in eval mode (nnU-Net validation and prediction) only the logits, and the SRPP head is not run.
 """
-from typing import Dict, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from sam_nnunet.blocks.channels import InputChannelAdapter
 from sam_nnunet.blocks.frames import HIERA_STRIDE, frame_geometry, frames_to_slices, slices_to_frames
 from sam_nnunet.blocks.sam2_propagation import propagate
 from sam_nnunet.decoders.boundary_fusion import BoundaryFusion3d
@@ -66,7 +65,8 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
         return TokenGrid(stride=(1, side, side), min_tokens=(8, 4, 4), square=(1, 2))
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "sam2.1_hiera_t", regions: bool = False,
-                 upsample: float = 4.0, max_image_size: int = 1024, deep_supervision: bool = False) -> None:
+                 upsample: float = 4.0, max_image_size: int = 1024,
+                 input_window: Optional[Sequence[Sequence[float]]] = None, deep_supervision: bool = False) -> None:
         super().__init__(encoder, deep_supervision)
         if encoder not in SAM2_CONFIGS:
             raise ValueError(f"SAM2_3dMedNetwork adapts SAM 2 ({', '.join(SAM2_CONFIGS)}); got {encoder!r}")
@@ -78,7 +78,7 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
         self.max_image_size = int(max_image_size)
         width = SAM2_CONFIGS[encoder].d_model
 
-        self.channels = InputChannelAdapter(input_channels, 3)
+        self.channels = self.encoder_input(input_channels, input_window)
         self.sam2 = build_sam2(encoder)
         # one learned prompt per object, added to SAM 2's no-prompt query: zero, i.e. exactly that query, at the start
         self.object_prompts = nn.Parameter(torch.zeros(self.num_objects, width))

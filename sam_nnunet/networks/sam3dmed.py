@@ -22,13 +22,12 @@ The paper has no public code; its abstract names three parts, built here on the 
     crop back to (D, H, W) -> logits (B, num_classes, D, H, W)
 """
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from sam_nnunet.blocks.attention3d import window_attention_3d, window_attention_mask, window_layout
-from sam_nnunet.blocks.channels import InputChannelAdapter
 from sam_nnunet.blocks.conv_adapter import ConvAdapter3d
 from sam_nnunet.blocks.inflated_patch_embed import InflatedPatchEmbed3d
 from sam_nnunet.blocks.padding import pad_to_multiple
@@ -121,7 +120,7 @@ class SAM3DMedNetwork(SAMNetworkBase):
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b",
                  level_strides: Sequence[Sequence[int]] = DEFAULT_LEVEL_STRIDES, local_window: int = 8,
                  global_window: int = 16, depth_positions: int = 32, adapter_ratio: float = 0.25,
-                 deep_supervision: bool = False) -> None:
+                 input_window: Optional[Sequence[Sequence[float]]] = None, deep_supervision: bool = False) -> None:
         super().__init__(encoder, deep_supervision)
         if encoder not in SAM_VIT_CONFIGS:
             raise ValueError(f"SAM3DMedNetwork adapts a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}); got {encoder!r}")
@@ -135,7 +134,7 @@ class SAM3DMedNetwork(SAMNetworkBase):
         self.global_window = global_window
         self.global_blocks = tuple(cfg.global_attn_indexes)
 
-        self.channels = InputChannelAdapter(input_channels, 3)
+        self.channels = self.encoder_input(input_channels, input_window)
         # the official encoder keeps SAM's blocks and absolute positions under SAM's key names; its 2D patch
         # embedding is replaced by the 3D one, its 2D neck by the multi-scale decoder
         self.vit = build_sam_image_encoder(encoder)

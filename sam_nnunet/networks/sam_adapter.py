@@ -15,14 +15,13 @@ Data flow for a patch (B, C_in, D, H, W), D the slice axis:
     multi-layer aggregation decoder (+ raw image at half res.)     MultiLayerAggregationDecoder3d
     crop back to (D, H, W) -> logits (B, num_classes, D, H, W)
 """
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from sam_nnunet.blocks.adapters import SpatialAdapter3d
 from sam_nnunet.blocks.attention3d import window_attention_3d, window_attention_mask, window_layout
-from sam_nnunet.blocks.channels import InputChannelAdapter
 from sam_nnunet.blocks.necks import Neck3d
 from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
 from sam_nnunet.blocks.patch_embed import SliceMergePatchEmbed3d
@@ -56,7 +55,8 @@ class SAMAdapterNetwork(SAMNetworkBase):
         return TokenGrid(stride=(stride,) * 3, windows=(arch_kwargs.get("max_window", 8),), min_tokens=4)
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
-                 depth_positions: int = 32, deep_supervision: bool = False) -> None:
+                 depth_positions: int = 32, input_window: Optional[Sequence[Sequence[float]]] = None,
+                 deep_supervision: bool = False) -> None:
         super().__init__(encoder, deep_supervision)
         if encoder not in SAM_VIT_CONFIGS:
             raise ValueError(f"SAMAdapterNetwork adapts a SAM ViT ({', '.join(SAM_VIT_CONFIGS)}); got {encoder!r}")
@@ -64,7 +64,7 @@ class SAMAdapterNetwork(SAMNetworkBase):
         dim = cfg.embed_dim
         self.max_window = max_window
 
-        self.channels = InputChannelAdapter(input_channels, 3)
+        self.channels = self.encoder_input(input_channels, input_window)
         # the official encoder holds every pretrained weight under SAM's own key names; its 2D neck is not used
         self.vit = build_sam_image_encoder(encoder)
         del self.vit.neck

@@ -67,8 +67,9 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", max_window: int = 8,
                  depth_positions: int = 32, num_global_queries: int = 10, image_reads_clicks: bool = True,
                  click_reach: Optional[float] = 1.5, visual_sampler: str = "click_aware",
-                 deep_supervision: bool = False) -> None:
-        super().__init__(input_channels, num_classes, encoder, max_window, depth_positions, deep_supervision)
+                 input_window: Optional[Sequence[Sequence[float]]] = None, deep_supervision: bool = False) -> None:
+        super().__init__(input_channels, num_classes, encoder, max_window, depth_positions, input_window,
+                         deep_supervision)
         cfg = SAM_VIT_CONFIGS[encoder]
         self.num_classes = num_classes
         # the sizes of SAM's two-way transformer (width = neck width, heads and MLP of SAM's mask decoder)

@@ -145,6 +145,11 @@ class ZAP25DNetwork(SAMNetworkBase):
         sample with LiteMedSAM, for a second decoder forward, which is small beside the encoder).
       plane_layout: orientation of each plane's images (``blocks.plane_prompts.PLANE_LAYOUTS``): 2 = the published
         code's (coronal W x D); 1 = sam-nnunet 0.1's (coronal D x W), only to run models trained with it.
+      input_window: per input channel the nnU-Net value range mapped to [0, 1] before the encoder's own
+        normalisation (``encoders.contract``; the trainer writes it from the plans); None: values as they are (the
+        public code's SAM ViT input, and models trained before the contract).
+      canvas: LiteMedSAM only: every slice resized to the encoder's 256 x 256 canvas (its official placement)
+        instead of ``upsample`` (``blocks.pseudo_slices``).
       deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
     """
 
@@ -166,6 +171,7 @@ class ZAP25DNetwork(SAMNetworkBase):
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "vit_b", upsample: float = 4,
                  pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,
                  checkpoint_decoder: bool = True, plane_layout: int = PLANE_LAYOUT,
+                 input_window: Optional[Sequence[Sequence[float]]] = None, canvas: bool = False,
                  deep_supervision: bool = False) -> None:
         super().__init__(encoder, deep_supervision)
         if plane_layout not in PLANE_LAYOUTS:
@@ -181,9 +187,9 @@ class ZAP25DNetwork(SAMNetworkBase):
         self.checkpoint_decoder = checkpoint_decoder
         self.plane_layout = plane_layout
 
-        self.channels = InputChannelAdapter(input_channels, 3)
+        self.channels = self.encoder_input(input_channels, input_window)
         fixed_colour_projection(self.channels)
-        self.encoder: PseudoSliceEncoder = build_pseudo_slice_encoder(encoder, window_size, upsample)
+        self.encoder: PseudoSliceEncoder = build_pseudo_slice_encoder(encoder, window_size, upsample, canvas)
         self.prompt_encoder = build_sam_prompt_encoder(cfg)
         self.prompt_encoder.requires_grad_(False)
         self.decoder = PromptFreeMaskDecoder(cfg, num_masks)

@@ -28,6 +28,7 @@ from torch import nn
 
 from sam_nnunet import settings
 from sam_nnunet.encoders.checkpoint import CheckpointError
+from sam_nnunet.encoders.contract import window_from_plans
 from sam_nnunet.encoders.pretrained import PretrainedChoice, choose_encoder, refuse_random_init_message
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.base import SAMNetworkBase
@@ -92,6 +93,19 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
         """Network arguments whose default depends on the encoder (ZAP: the in-plane scale); the trainer's
         ``network_kwargs`` override them, and a resumed run keeps the values its plans recorded."""
         return {}
+
+    @classmethod
+    def maps_intensity(cls, encoder: str) -> bool:
+        """Whether the encoder gets the input it was trained on (``encoders.contract``: nnU-Net's values through an
+        intensity window into the encoder's range); False: nnU-Net's values as they are."""
+        return True
+
+    def input_window(self, encoder: str) -> Optional[List[List[float]]]:
+        """The ``input_window`` network argument: per input channel, the nnU-Net value range the encoder sees as
+        [0, 1], from the plans' normalisation and intensity statistics (or None, ``maps_intensity``)."""
+        if not self.maps_intensity(encoder):
+            return None
+        return window_from_plans(self.plans_manager.plans, self.configuration_name).to_kwargs()
 
     @classmethod
     def planned_arch_kwargs(cls, spacing) -> Dict:
@@ -189,9 +203,11 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
 
     def _write_architecture_into_plans(self, encoder: str) -> None:
         # the plans saved to the model folder then name our network; nnU-Net's predictor rebuilds it from there
-        defaults = self.encoder_kwargs(encoder)
-        previous = self._architecture_of_previous_run() or {}
-        defaults.update({k: previous[k] for k in defaults if k in previous})  # a resumed run keeps its values
+        defaults = {**self.encoder_kwargs(encoder), "input_window": self.input_window(encoder)}
+        previous = self._architecture_of_previous_run()
+        if previous is not None:  # a resumed run keeps its values; one from before the input contract had none
+            defaults.update({k: previous.get(k) if k == "input_window" else previous[k] for k in defaults
+                             if k in previous or k == "input_window"})
         self.network_kwargs = {**defaults, **self.network_kwargs,
                                **self.label_kwargs(bool(self.label_manager.has_regions))}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = {

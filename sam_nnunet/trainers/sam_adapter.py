@@ -16,3 +16,9 @@ class SAMAdapterTrainer(SAMTrainerBase):
     sam_weight_decay = 0.0
     lr_end_factor = 0.01
     sam_oversample_foreground_percent = 0.67  # the public code's crops: RandCropByPosNegLabeld pos=2, neg=1
+
+    @classmethod
+    def maps_intensity(cls, encoder: str) -> bool:
+        # the public code feeds z-scored volumes (clipped CT) into SAM's patch embedding, without SAM's pixel
+        # statistics: nnU-Net's values as they are are the faithful input (encoders/contract.py)
+        return False

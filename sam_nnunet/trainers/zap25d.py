@@ -3,6 +3,7 @@ from typing import Dict
 
 from sam_nnunet.blocks.plane_prompts import PLANE_LAYOUT
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM
+from sam_nnunet.encoders.registry import get_encoder
 from sam_nnunet.trainers.base import SAMTrainerBase
 from sam_nnunet.trainers.embedding_cache import EmbeddingCacheMixin
 
@@ -30,6 +31,12 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
         # density: x2 costs a quarter of the decoder's work and scored higher at equal iterations
         # (documentation/zap25dsam.md, "In-plane scale"). -tr ..._upsample4 / _upsample2 choose one explicitly.
         return {"upsample": 2 if encoder == LITEMEDSAM.name else 4}
+
+    @classmethod
+    def maps_intensity(cls, encoder: str) -> bool:
+        # the public code feeds nnU-Net-like normalised volumes straight into SAM ViT (whose pixel statistics make a
+        # z-score roughly its expected input); LiteMedSAM, which the paper did not use, gets its own input
+        return get_encoder(encoder).family != "sam_vit"
 
     @classmethod
     def label_kwargs(cls, has_regions: bool) -> Dict:
