@@ -54,6 +54,7 @@ def zero_shot_model(msd: str, work: str) -> str:
     from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p, save_json
 
     from sam_nnunet.demo import make_msd_subset
+    from sam_nnunet.encoders.contract import window_from_plans
     from sam_nnunet.encoders.pretrained import choose_encoder
     from sam_nnunet.networks.zap25d_prompted import ZAP25DPromptedNetwork
     from sam_nnunet.nnunet_env import required_environment
@@ -69,7 +70,8 @@ def zero_shot_model(msd: str, work: str) -> str:
     run([os.path.join(bin_dir, "nnUNetv2_plan_experiment"), "-d", 4], env)
     preprocessed = os.path.join(env["nnUNet_preprocessed"], "Dataset004_Hippocampus")
     plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
-    kwargs = {**Trainer.encoder_kwargs("litemedsam"), **Trainer.network_kwargs, **Trainer.label_kwargs(False)}
+    kwargs = {**Trainer.encoder_kwargs("litemedsam"), **Trainer.network_kwargs, **Trainer.label_kwargs(False),
+              "input_window": window_from_plans(plans, "3d_fullres").to_kwargs()}  # LiteMedSAM's input contract
     plans["configurations"]["3d_fullres"]["architecture"] = {
         "network_class_name": Trainer.network_class, "arch_kwargs": {"encoder": "litemedsam", **kwargs},
         "_kw_requires_import": []}

@@ -112,6 +112,11 @@ def test_key_resume_and_stale_entries(synthetic_dataset, cached, monkeypatch):
         next(trainer.sam_network.encoder.parameters()).add_(1.0)
     assert trainer.embedding_cache().digest != digest
     assert state_sha256(trainer.sam_network.encoder) != cache.key["frozen_sha256"]
+    # a cache built under another input to the encoder (encoders/contract.py's window) is another cache
+    digest = trainer.embedding_cache().digest
+    arch = trainer.configuration_manager.configuration["architecture"]["arch_kwargs"]
+    arch["input_window"] = [[-3.0, 3.0]] if arch.get("input_window") is None else None
+    assert trainer.embedding_cache().digest != digest
     case = files[0].split("__")[0]
     data_file = [f for f in os.listdir(trainer.preprocessed_dataset_folder) if f.startswith(case + ".")][0]
     path = os.path.join(trainer.preprocessed_dataset_folder, data_file)
