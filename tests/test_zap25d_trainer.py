@@ -24,7 +24,8 @@ def test_recipe_frozen_weights_and_training_steps(synthetic_dataset, results, ti
     arch = trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]
     assert arch["network_class_name"] == "sam_nnunet.networks.zap25d.ZAP25DNetwork"
     assert arch["arch_kwargs"] == {"encoder": "vit_test", "upsample": 4, "pool": 4, "window_size": 16,
-                                   "plane_layout": 2, "background_channel": True}
+                                   "plane_layout": 2, "background_channel": True,
+                                   "input_window": None}  # SAM ViT: the public code's input (encoders/contract.py)
     trainer.on_train_start()
     net = trainer.sam_network
     for k, v in net.encoder.vit.state_dict().items():  # loaded after nnU-Net's initialisation

@@ -125,10 +125,15 @@ class IntensityWindow:
 def window_from_plans(plans: dict, configuration: str) -> IntensityWindow:
     """The window of each input channel from nnU-Net's normalisation scheme and the dataset fingerprint's foreground
     intensity statistics (both in the plans)."""
-    cm = PlansManager(plans).get_configuration(configuration)
-    stats = plans.get("foreground_intensity_properties_per_channel", {})
+    schemes = PlansManager(plans).get_configuration(configuration).normalization_schemes
+    return window_for_schemes(schemes, plans.get("foreground_intensity_properties_per_channel", {}))
+
+
+def window_for_schemes(schemes: Sequence[str], stats: Dict) -> IntensityWindow:
+    """The window of each input channel from its nnU-Net normalisation scheme and the fingerprint's foreground
+    intensity statistics (``foreground_intensity_properties_per_channel``)."""
     low, high = [], []
-    for c, scheme in enumerate(cm.normalization_schemes):
+    for c, scheme in enumerate(schemes):
         if scheme == "CTNormalization":
             s = stats[str(c)]
             std = max(float(s["std"]), 1e-8)

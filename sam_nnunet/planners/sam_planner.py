@@ -32,6 +32,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from sam_nnunet import settings
 from sam_nnunet.encoders.checkpoint import read_state_dict
+from sam_nnunet.encoders.contract import IntensityWindow, window_for_schemes
 from sam_nnunet.encoders.pretrained import pick_encoder
 from sam_nnunet.encoders.registry import identify_checkpoint
 from sam_nnunet.networks.base import SAMNetworkBase
@@ -98,9 +99,13 @@ class PlannedMethod:
         """A prompted trainer's training clicks: per foreground class, anywhere ((0, 0) without prompts)."""
         return self.trainer_class.training_clicks()
 
-    def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False) -> Dict:
-        """The network's arguments for a configuration of this spacing (and labels: region-based or not)."""
-        return {**self.network_kwargs, **self.trainer_class.label_kwargs(has_regions),
+    def arch_kwargs(self, spacing: Sequence[float], has_regions: bool = False,
+                    window: Optional[IntensityWindow] = None) -> Dict:
+        """The network's arguments for a configuration of this spacing (and labels: region-based or not; the input
+        channels' intensity ``window``, which the trainer writes too: ``SAMTrainerBase.input_window``)."""
+        maps = window is not None and self.trainer_class.maps_intensity(self.network_kwargs["encoder"])
+        return {"input_window": window.to_kwargs() if maps else None, **self.network_kwargs,
+                **self.trainer_class.label_kwargs(has_regions),
                 **self.trainer_class.planned_arch_kwargs(spacing)}
 
     def grid(self, arch_kwargs: Dict) -> TokenGrid:
@@ -231,7 +236,9 @@ class SAMPlanner(ExperimentPlanner):
                            approximate_n_voxels_dataset: float) -> Sizing:
         """Patch and batch size of one method at one spacing: the largest waste-free patch that fits the memory
         target at the minimum batch size (2, else 1), then the largest batch size that fits, within nnU-Net's cap."""
-        arch_kwargs = method.arch_kwargs(spacing, self.label_manager().has_regions)
+        window = window_for_schemes(self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()[0],
+                                    self.dataset_fingerprint["foreground_intensity_properties_per_channel"])
+        arch_kwargs = method.arch_kwargs(spacing, self.label_manager().has_regions, window)
         grid = method.grid(arch_kwargs)
         memory = MemorySearch(method, _traced(method, self.estimator, method, arch_kwargs), self.memory_budget_bytes)
         candidates = self.patch_candidates(grid, spacing, median_shape)
