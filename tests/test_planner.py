@@ -101,7 +101,7 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
     record = fullres["sam_planner"]
     assert (record["trainer"], record["encoder"]) == ("SAMAdapterTrainer", "vit_test")
     assert fullres["architecture"]["network_class_name"] == SAMAdapterTrainer.network_class
-    assert fullres["architecture"]["arch_kwargs"] == {"encoder": "vit_test", "max_window": 8}
+    assert fullres["architecture"]["arch_kwargs"] == {"encoder": "vit_test", "max_window": 8, "input_window": None}
 
     for name, trainer in (("3d_fullres", "SAMAdapterTrainer"), ("3d_fullres_SAMAdapterTrainer_w4",
                                                                  "SAMAdapterTrainer_w4")):
@@ -122,7 +122,7 @@ def test_planner_sizes_patch_and_batch_to_the_budget(synthetic_dataset, second_m
             assert estimate(patch, batch + 1).peak_bytes > target_gb * 1e9
     variant = saved["configurations"]["3d_fullres_SAMAdapterTrainer_w4"]
     assert variant["inherits_from"] == "3d_fullres"
-    assert variant["architecture"]["arch_kwargs"] == {"encoder": "vit_test", "max_window": 4}
+    assert variant["architecture"]["arch_kwargs"] == {"encoder": "vit_test", "max_window": 4, "input_window": None}
     assert "data_identifier" not in variant  # shares 3d_fullres's preprocessed data
     assert plans["configurations"]["3d_fullres"]["patch_size"] == fullres["patch_size"]
     # a method the trace cannot handle is left out, with the reason in the plans
