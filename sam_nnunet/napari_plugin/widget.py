@@ -108,6 +108,16 @@ def _caught(call: Callable):
         return False, e
 
 
+def _path_row(form: QFormLayout, label: str, edit: QLineEdit, browse_dialog: Callable) -> None:
+    """A form row of a path field and its "Browse..." button."""
+    browse = QPushButton("Browse...")
+    browse.clicked.connect(browse_dialog)
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(browse)
+    form.addRow(label, row)
+
+
 class SessionWidget(QWidget):
     """The dock widget (npe2 command ``sam-nnunet.interactive_segmentation``)."""
 
@@ -149,12 +159,7 @@ class SessionWidget(QWidget):
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText(".../ZAP25DSAMTrainer_prompted__nnUNetPlans__3d_fullres")
         self.model_edit.editingFinished.connect(self._fill_folds)
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._model_dialog)
-        row = QHBoxLayout()
-        row.addWidget(self.model_edit, 1)
-        row.addWidget(browse)
-        form.addRow("folder", row)
+        _path_row(form, "folder", self.model_edit, self._model_dialog)
         self.folds_edit = QLineEdit()
         self.folds_edit.setPlaceholderText("0 1 2 3 4")
         form.addRow("folds", self.folds_edit)
@@ -206,12 +211,7 @@ class SessionWidget(QWidget):
         form = QFormLayout(box)
         self.save_edit = QLineEdit()
         self.save_edit.setPlaceholderText("segmentation.nii.gz")
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._save_dialog)
-        row = QHBoxLayout()
-        row.addWidget(self.save_edit, 1)
-        row.addWidget(browse)
-        form.addRow("file", row)
+        _path_row(form, "file", self.save_edit, self._save_dialog)
         self.autosave_check = QCheckBox("auto-save after every change")
         self.save_button = QPushButton("Save")
         self.save_button.clicked.connect(lambda: self.save())
