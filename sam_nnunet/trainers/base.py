@@ -205,9 +205,9 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
         # the plans saved to the model folder then name our network; nnU-Net's predictor rebuilds it from there
         defaults = {**self.encoder_kwargs(encoder), "input_window": self.input_window(encoder)}
         previous = self._architecture_of_previous_run()
-        if previous is not None:  # a resumed run keeps its values; one from before the input contract had none
-            defaults.update({k: previous.get(k) if k == "input_window" else previous[k] for k in defaults
-                             if k in previous or k == "input_window"})
+        if previous is not None:  # a resumed run keeps its values
+            defaults.update({k: previous[k] for k in defaults if k in previous})
+            defaults["input_window"] = previous.get("input_window")  # a run from before the contract had none
         self.network_kwargs = {**defaults, **self.network_kwargs,
                                **self.label_kwargs(bool(self.label_manager.has_regions))}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = {
