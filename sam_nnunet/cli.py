@@ -123,7 +123,8 @@ def _cmd_benchmark(args) -> None:
     try:
         s = BenchmarkSettings(
             dataset=args.dataset, trainers=args.trainers, output_dir=args.output, configuration=args.configuration,
-            plans=args.plans, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
+            plans=args.plans, target_spacing=args.target_spacing, fold=args.fold, epochs=args.epochs,
+            iterations=args.iterations,
             val_iterations=args.val_iterations, batch_size=args.batch_size, val_cases=args.val_cases,
             mirroring=not args.no_mirroring, device=args.device, threads=args.threads, tolerance=args.tolerance,
             encoders=parse_per_trainer(args.encoder, "--encoder"),
@@ -153,7 +154,7 @@ def _cmd_learning_curve(args) -> None:
         s = CurveSettings(
             source=args.source, output=args.output, work_dir=args.work_dir, test_folder=args.test_folder,
             num_test=args.num_test, test_seed=args.test_seed, sizes=args.sizes,
-            trainers=args.trainers or list(DEFAULT_TRAINERS),
+            trainers=args.trainers or list(DEFAULT_TRAINERS), target_spacing=args.target_spacing,
             budget_seconds=args.budget, seeds=args.seeds, clicks=args.clicks, configuration=args.configuration,
             configuration_override=override, device=args.device, disable_tta=args.disable_tta,
             cache_copies=args.cache_copies, cache_build_first=args.cache_build_first, checkpoint=args.checkpoint,
@@ -341,7 +342,8 @@ def _add_benchmark(sub) -> None:
                                          "memory, Dice/NSD/HD95 (Markdown, JSON, charts)")
     p.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
     p.add_argument("-tr", "--trainers", nargs="+", required=True,
-                   help="trainer names known to nnU-Net (nnUNetTrainer, SAMAdapterTrainer, ...)")
+                   help="trainer names known to nnU-Net (nnUNetTrainer, SAMAdapterTrainer, ...); TRAINER@PLANS "
+                        "trains on a preset's plans, e.g. nnUNetTrainer@nnUNetResEncUNetMPlans")
     p.add_argument("--encoder", nargs="+", default=None,
                    help="encoder for the SAM trainers: NAME for all that adapt its family (the others keep their "
                         "default, e.g. SAM 2's), or Trainer=NAME per trainer")
@@ -350,7 +352,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--allow-random-init", action="store_true",
                    help="let SAM trainers start without pretrained weights (smoke tests; said in the table)")
     p.add_argument("-c", "--configuration", default="3d_fullres")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans of the rows that name none (-tr T@PLANS)")
+    p.add_argument("--target-spacing", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+                   help="every row's preset planned at this 3d_fullres spacing (mm) as <plans>_<spacing>, when missing")
     p.add_argument("-f", "--fold", type=int, default=0)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--iterations", type=int, default=50, help="training iterations per epoch (default 50)")
@@ -384,12 +388,17 @@ def _add_learning_curve(sub) -> None:
                                   "or an nnU-Net dataset id / name in $nnUNet_raw")
     p.add_argument("--test-folder", default=None, help="folder with imagesTs + labelsTs (nnU-Net naming) to score "
                                                        "on; default: --num-test cases held out from the source")
-    p.add_argument("--num-test", type=int, default=40, help="held-out test cases (default 40)")
+    p.add_argument("--num-test", type=int, default=None, help="held-out test cases (default 40); with --test-folder: "
+                   "cases left out of training (the same draw), so that the folder scores the same runs")
+    p.add_argument("--target-spacing", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+                   help="plan every row at this 3d_fullres spacing in mm (nnU-Net's -overwrite_target_spacing; plans "
+                        "named <plans>_<spacing>), e.g. 2 2 2 for the left atrium on a CPU")
     p.add_argument("--test-seed", type=int, default=0, help="seed of the held-out test cases (default 0)")
     p.add_argument("--sizes", nargs="+", default=["10", "25", "all"], help="training-set sizes (default 10 25 all)")
-    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER[:ENCODER]",
+    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER[@PLANS][:ENCODER]",
                    help="default: nnUNetTrainerShortRun (nnUNetTrainer with the budget) "
-                        "ZAP25DSAMTrainer:litemedsam ZAP25DSAMTrainer_prompted:litemedsam")
+                        "ZAP25DSAMTrainer:litemedsam ZAP25DSAMTrainer_prompted:litemedsam; @PLANS: another preset, "
+                        "e.g. nnUNetTrainerShortRun@nnUNetResEncUNetMPlans (ResEnc M, planned when needed)")
     p.add_argument("--budget", type=float, default=1200.0, help="seconds of training per run (default 1200)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the training subsets (default 0)")
     p.add_argument("--clicks", nargs="+", type=int, default=[0, 1, 3],

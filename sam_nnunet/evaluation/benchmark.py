@@ -21,6 +21,7 @@ from sam_nnunet.commands import CommandFailed, run_command
 from sam_nnunet.encoders.pretrained import adapts
 from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.evaluation.machine import describe_machine
+from sam_nnunet.evaluation.plans_rows import PLANNERS, check_spacing, parse_row, planning_arguments, plans_identifier
 from sam_nnunet.evaluation.report import check_document, markdown_table, update_document, write_charts
 from sam_nnunet.evaluation.results_file import read_results, write_results
 from sam_nnunet.evaluation.trainer_names import resolve_encoder, resolve_trainer
@@ -35,10 +36,11 @@ DEFAULT_INTERACTION_ROUNDS = 3
 class BenchmarkSettings:
     """What every trainer of one benchmark shares."""
     dataset: str                          # name or id; resolved to DatasetXXX_Name
-    trainers: List[str]
+    trainers: List[str]                   # TRAINER[@PLANS] (plans_rows): nnUNetTrainer@nnUNetResEncUNetMPlans
     output_dir: str = "sam_nnunet_benchmark"
     configuration: str = "3d_fullres"
-    plans: str = "nnUNetPlans"
+    plans: str = "nnUNetPlans"            # of the rows that name none
+    target_spacing: Optional[List[float]] = None  # every row's preset planned at this spacing (plans_rows)
     fold: int = 0
     epochs: int = 1
     iterations: int = 50                  # training iterations per epoch
@@ -68,6 +70,10 @@ class BenchmarkSettings:
         if not self.trainers:
             raise ValueError("name at least one trainer (-tr nnUNetTrainer SAMAdapterTrainer ...)")
         self.resolve_names()  # first: a misspelt -tr is the one line, whatever else is wrong
+        self.target_spacing = check_spacing(self.target_spacing)
+        if self.target_spacing and self.plans not in PLANNERS:
+            raise ValueError(f"--target-spacing plans nnU-Net's presets ({', '.join(PLANNERS)}); -p {self.plans} is "
+                             f"not one of them")
         for name, value in (("--epochs", self.epochs), ("--iterations", self.iterations)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -87,14 +93,17 @@ class BenchmarkSettings:
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = self.threads or os.cpu_count() or 1
         unknown = set(self.encoders) | set(self.checkpoints)
-        unknown -= set(self.trainers) | {"*"}
+        unknown -= set(self.trainers) | {parse_row(t).trainer for t in self.trainers} | {"*"}
         if unknown:
             raise ValueError(f"--encoder / --checkpoint name trainers that are not benchmarked: {sorted(unknown)}")
         return self
 
     def resolve_names(self) -> None:
         """Every trainer and encoder name, before a worker starts: a typo is one line with the close matches."""
-        classes = {t: resolve_trainer(t, "-tr") for t in self.trainers}
+        rows = [parse_row(t, encoder_allowed=False) for t in self.trainers]
+        if len({r.label for r in rows}) != len(rows):
+            raise ValueError(f"-tr names a row twice: {' '.join(self.trainers)}")
+        classes = {r.trainer: resolve_trainer(r.trainer, "-tr") for r in rows}
         for trainer, encoder in self.encoders.items():
             if trainer not in classes and trainer != "*":
                 continue  # refused below: an --encoder for a trainer that is not benchmarked
@@ -105,19 +114,39 @@ class BenchmarkSettings:
                 resolve_encoder(trainer, classes[trainer], encoder)
 
 
+def row_plans(s: BenchmarkSettings, row: str) -> str:
+    """The plans a row trains on: its own preset or ``-p``, under the target spacing's name when one is given."""
+    preset = parse_row(row).plans or s.plans
+    return plans_identifier(preset, s.target_spacing) if s.target_spacing else preset
+
+
 def check_inputs(s: BenchmarkSettings) -> None:
-    """Clear messages for what the benchmark needs before it starts anything."""
+    """Clear messages for what the benchmark needs before it starts anything. The plans a row names with
+    ``@PLANS``, and every preset at ``--target-spacing``, are planned and preprocessed here when missing (nnU-Net's
+    planner of that preset, nnUNetv2_plan_and_preprocess); the default plans must exist, as before."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    plans_file = os.path.join(nnUNet_preprocessed, s.dataset, s.plans + ".json")
-    if not os.path.isfile(plans_file):
-        raise ValueError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {s.dataset} "
-                         f"-c {s.configuration} first")
-    with open(plans_file) as f:
-        configurations = json.load(f)["configurations"]
-    if s.configuration not in configurations:
-        raise ValueError(f"the plans {s.plans} have no configuration {s.configuration!r} "
-                         f"(they have: {', '.join(configurations)})")
+    log = os.path.join(os.path.abspath(s.output_dir), "planning.log")
+    for row in s.trainers:
+        plans = row_plans(s, row)
+        plans_file = os.path.join(nnUNet_preprocessed, s.dataset, plans + ".json")
+        preset = parse_row(row).plans or s.plans
+        if not os.path.isfile(plans_file) and (parse_row(row).plans or s.target_spacing):
+            # nnUNet_n_proc_DA=0 is for training: nnU-Net's planner hands it to torch.set_num_threads, which refuses 0
+            env = {k: v for k, v in os.environ.items() if not (k == "nnUNet_n_proc_DA" and v.strip() == "0")}
+            try:
+                run_command(["nnUNetv2_plan_and_preprocess", "-d", s.dataset.split("_")[0][7:], "-c",
+                             s.configuration, *planning_arguments(preset, s.target_spacing)], env, log)
+            except CommandFailed as e:
+                raise ValueError(f"planning {plans} for {row} failed (log: {log}): {e}") from None
+        if not os.path.isfile(plans_file):
+            raise ValueError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {s.dataset} "
+                             f"-c {s.configuration} first")
+        with open(plans_file) as f:
+            configurations = json.load(f)["configurations"]
+        if s.configuration not in configurations:
+            raise ValueError(f"the plans {plans} have no configuration {s.configuration!r} "
+                             f"(they have: {', '.join(configurations)})")
     images = os.path.join(nnUNet_raw, s.dataset, "imagesTr")
     if not os.path.isdir(images):
         raise ValueError(f"{images} does not exist: the benchmark predicts the validation cases from the raw images")
@@ -127,6 +156,7 @@ def encoder_for(s: BenchmarkSettings, trainer: str) -> Dict[str, Optional[str]]:
     """The encoder and checkpoint a trainer runs with. ``Trainer=NAME`` names its own; an encoder given for all
     (``--encoder vit_b``) goes to the trainers that adapt its family, and the others (SAM 2's) keep their default
     encoder, so one name serves a run over every trainer."""
+    trainer = parse_row(trainer).trainer  # a row on other plans takes its trainer's encoder
     encoder = s.encoders.get(trainer)
     if encoder is None and s.encoders.get("*") is not None and _adapts(trainer, s.encoders["*"]):
         encoder = s.encoders["*"]
@@ -177,14 +207,15 @@ def run_one(s: BenchmarkSettings, trainer: str, index: int, show_progress: bool 
     from tqdm import tqdm
 
     out = os.path.abspath(s.output_dir)
-    run_dir = os.path.join(out, "runs", trainer)
+    run_dir = os.path.join(out, "runs", trainer)  # the row: TRAINER or TRAINER@PLANS
     results_dir = os.path.join(out, "nnUNet_results")
-    model_dir = os.path.join(results_dir, s.dataset, f"{trainer}__{s.plans}__{s.configuration}")
+    plans = row_plans(s, trainer)
+    model_dir = os.path.join(results_dir, s.dataset, f"{parse_row(trainer).trainer}__{plans}__{s.configuration}")
     for stale in (run_dir, model_dir):  # a benchmark never mixes with an earlier one's files
         shutil.rmtree(stale, ignore_errors=True)
     os.makedirs(run_dir)
     spec = {**{k: v for k, v in asdict(s).items() if k not in ("trainers", "encoders", "checkpoints")},
-            "trainer": trainer, "predictions": os.path.join(run_dir, "predictions"),
+            "trainer": parse_row(trainer).trainer, "plans": plans, "predictions": os.path.join(run_dir, "predictions"),
             "click_predictions": os.path.join(run_dir, "clicks")}
     files = {name: os.path.join(run_dir, name) for name in ("spec.json", "result.json", "progress.jsonl", "log.txt")}
     with open(files["spec.json"], "w") as f:
@@ -247,6 +278,8 @@ def command_line(s: BenchmarkSettings, doc: Optional[str] = None) -> str:
     for flag, per_trainer in (("--encoder", s.encoders), ("--checkpoint", s.checkpoints)):
         if per_trainer:
             args += [flag, *[v if k == "*" else f"{k}={v}" for k, v in per_trainer.items()]]
+    if s.target_spacing:
+        args += ["--target-spacing", *[f"{v:g}" for v in s.target_spacing]]
     for flag, value in (("--batch-size", s.batch_size), ("--val-cases", s.val_cases), ("--device", s.device),
                         ("--threads", s.threads), ("--tolerance", s.tolerance), ("-o", s.output_dir),
                         ("--update-doc", doc)):
@@ -266,12 +299,12 @@ def run_benchmark(s: BenchmarkSettings, doc: Optional[str] = None, show_progress
     """Run every trainer, write benchmark.json, benchmark.md and the charts into ``s.output_dir``; with ``doc``
     also replace the generated block of that Markdown file. Returns the result dict."""
     s.resolve()
-    check_inputs(s)
     if doc:
         check_document(doc)
     json_path = os.path.join(s.output_dir, "benchmark.json")
     read_results(json_path)  # a damaged earlier result stops here: its .bak is only made from a readable one
     os.makedirs(s.output_dir, exist_ok=True)
+    check_inputs(s)
     runs = [run_one(s, trainer, i, show_progress) for i, trainer in enumerate(s.trainers)]
     result = {"settings": asdict(s), "machine": describe_machine(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

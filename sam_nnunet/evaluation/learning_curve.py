@@ -32,7 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from sam_nnunet import settings
 from sam_nnunet.commands import run_command
+from sam_nnunet.evaluation.curve_outputs import markdown_table, write_chart, write_outputs  # noqa: F401 (API)
 from sam_nnunet.evaluation.machine import describe_machine, machine_line
+from sam_nnunet.evaluation.plans_rows import (DEFAULT_PLANS, check_spacing, display_suffix, held_out, key_suffix,
+                                              parse_row, planning_arguments, plans_identifier, row_plans)
 from sam_nnunet.evaluation.prompted import paper_tiles
 from sam_nnunet.evaluation.results_file import read_results, write_results
 from sam_nnunet.evaluation.trainer_names import resolve_budget_trainer, resolve_encoder
@@ -55,10 +58,11 @@ class CurveSettings:
     output: str = "documentation/learning_curve/learning_curve.json"
     work_dir: str = "learning_curve_work"
     test_folder: Optional[str] = None     # holds imagesTs + labelsTs (nnU-Net naming); default: held out
-    num_test: int = 40
+    num_test: Optional[int] = None        # held out (default 40); with test_folder: left out of training, not scored
     test_seed: int = 0
     sizes: List[str] = field(default_factory=lambda: ["10", "25", "all"])
-    trainers: List[str] = field(default_factory=lambda: list(DEFAULT_TRAINERS))  # TRAINER[:ENCODER]
+    trainers: List[str] = field(default_factory=lambda: list(DEFAULT_TRAINERS))  # TRAINER[@PLANS][:ENCODER]
+    target_spacing: Optional[List[float]] = None  # every row's plans at this 3d_fullres spacing (plans_rows)
     budget_seconds: float = 1200.0
     seeds: List[int] = field(default_factory=lambda: [0])
     clicks: List[int] = field(default_factory=lambda: [0, 1, 3])  # prompted trainers; 0 = automatic
@@ -87,8 +91,13 @@ class CurveSettings:
             raise ValueError("--budget must be positive (seconds)")
         if any(c < 0 for c in self.clicks) or not self.clicks:
             raise ValueError("--clicks takes click counts >= 0 (0 = automatic)")
-        if self.test_folder is None and self.num_test < 1:
+        if self.test_folder is None and self.num_test is None:
+            self.num_test = 40
+        if self.num_test is not None and self.num_test < 1:
             raise ValueError("--num-test must be at least 1")
+        self.target_spacing = check_spacing(self.target_spacing)
+        for spec in self.trainers:
+            parse_row(spec)
         self.clicks = sorted(set(self.clicks))
         return self
 
@@ -132,13 +141,15 @@ def choose_test_set(s: CurveSettings, source: str, ending: str, work: str) -> Tu
                                  f"CASE{ending})")
         test = sorted(f[:-len(ending)] for f in os.listdir(os.path.join(folder, "labelsTs")) if f.endswith(ending))
         _check_test_pairs(folder, test, ending)
-        both = sorted(set(test) & set(cases))
+        # --num-test beside it: the held-out cases stay out of training, so the runs are those of the command
+        # without --test-folder, scored on this folder
+        pool = [c for c in cases if c not in set(held_out(cases, s.num_test, s.test_seed))] \
+            if s.num_test is not None else cases
+        both = sorted(set(test) & set(pool))
         if both:
             raise ValueError(f"test cases are also training cases of {source}: {both[:5]}")
-        return folder, test, cases
-    if s.num_test >= len(cases):
-        raise ValueError(f"{source} has {len(cases)} labelled cases: cannot hold out {s.num_test} for testing")
-    test = sorted(random.Random(s.test_seed).sample(cases, s.num_test))
+        return folder, test, pool
+    test = held_out(cases, s.num_test, s.test_seed)
     folder = os.path.join(work, f"test_seed{s.test_seed}_n{s.num_test}")
     channels = _channels(source)
     for case in test:
@@ -188,8 +199,9 @@ def training_subsets(pool: Sequence[str], sizes: Sequence[str], seed: int) -> Di
 
 
 def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, seed: int, env: Dict[str, str],
-                    work: str, log: str) -> Tuple[str, str]:
-    """(dataset name, plans name) of the raw dataset holding exactly ``cases``, planned and preprocessed (once)."""
+                    work: str, log: str, preset: str = DEFAULT_PLANS) -> Tuple[str, str]:
+    """(dataset name, plans name) of the raw dataset holding exactly ``cases``, planned (with ``preset``'s planner,
+    at ``s.target_spacing``) and preprocessed (once per plans)."""
     registry_file = os.path.join(work, "datasets.json")
     registry = read_results(registry_file) or {}
     key = f"n{n}_seed{seed}"
@@ -203,7 +215,10 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
         entry = {"id": dataset_id, "name": f"Dataset{dataset_id:03d}_LC{n}s{seed}", "cases": cases}
         registry[key] = entry
         write_results(registry_file, registry)
-    name, plans = entry["name"], OVERRIDE_PLANS if s.configuration_override else "nnUNetPlans"
+    base = plans_identifier(preset, s.target_spacing)
+    name = entry["name"]
+    plans = (OVERRIDE_PLANS if base == DEFAULT_PLANS else f"{base}_{OVERRIDE_PLANS}") if s.configuration_override \
+        else base
     preprocessed = os.path.join(env["nnUNet_preprocessed"], name)
     done_marker = os.path.join(preprocessed, f"learning_curve_{plans}.done")
     if os.path.isfile(done_marker):
@@ -224,9 +239,10 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
     # torch.set_num_threads, which refuses 0
     plan_env = {k: v for k, v in env.items() if not (k == "nnUNet_n_proc_DA" and v.strip() == "0")}
     run_command(["nnUNetv2_plan_and_preprocess", "-d", entry["id"], "-c", s.configuration, "-np", s.processes, "-npfp",
-                 s.processes, "--verify_dataset_integrity"], plan_env, log)
+                 s.processes, "--verify_dataset_integrity", *planning_arguments(preset, s.target_spacing)], plan_env,
+                log)
     if s.configuration_override:  # a copy of nnU-Net's plans, edited as a user would, preprocessed again
-        with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
+        with open(os.path.join(preprocessed, base + ".json")) as f:
             plan = json.load(f)
         plan["plans_name"] = plans
         plan["configurations"][s.configuration].update(
@@ -240,8 +256,8 @@ def prepare_dataset(s: CurveSettings, source: str, cases: List[str], n: int, see
 
 # ---- one run -------------------------------------------------------------------------------------------------------
 def trainer_spec(spec: str) -> Tuple[str, Optional[str]]:
-    trainer, _, encoder = spec.partition(":")
-    return trainer, encoder or None
+    row = parse_row(spec)  # TRAINER[@PLANS][:ENCODER]: the plans are row_plans(spec)
+    return row.trainer, row.encoder
 
 
 def display_name(trainer: str) -> str:
@@ -352,8 +368,10 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
                               work: str) -> List[Dict]:
     """One training and its entries: one per click count in ``todo``."""
     trainer, encoder = trainer_spec(spec)
-    variant = cache_variant(s, trainer)
-    name = f"{trainer}{'_' + encoder if encoder else ''}_n{n}_seed{seed}{'_' + variant if variant else ''}"
+    variant, preset = cache_variant(s, trainer), row_plans(spec)
+    plans_tag = key_suffix(preset, s.target_spacing)[1:]
+    name = f"{trainer}{'@' + plans_tag if plans_tag else ''}{'_' + encoder if encoder else ''}_n{n}_seed{seed}" \
+           f"{'_' + variant if variant else ''}"
     run_dir = os.path.join(work, "runs", name)
     log = os.path.join(run_dir, "log.txt")
     if variant:  # nnU-Net names a model folder by trainer and plans only: another cache setting trains elsewhere
@@ -375,9 +393,11 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
         else:
             second = None
         entries.append({
-            "key": run_key(trainer, encoder, n, seed, clicks, s.budget_seconds, variant),
-            "cache": variant or None,
-            "trainer": display_name(trainer), "nnunet_trainer": trainer, "encoder": trained["encoder"] or encoder,
+            "key": run_key(trainer, encoder, n, seed, clicks, s.budget_seconds, variant) +
+                   key_suffix(preset, s.target_spacing),
+            "cache": variant or None, "plans_preset": preset, "target_spacing": s.target_spacing,
+            "trainer": display_name(trainer) + display_suffix(preset), "nnunet_trainer": trainer,
+            "encoder": trained["encoder"] or encoder,
             "n_train": n, "seed": seed, "budget_seconds": s.budget_seconds, "clicks": clicks,
             "iterations": record["iterations"], "stopped_by_budget": record.get("stopped_by_budget"),
             "dice": final["dice"], "nsd": final["nsd"], "hd95": final["hd95"],
@@ -423,6 +443,10 @@ def run_curve(s: CurveSettings) -> Dict:
     result = previous or {"runs": []}
     if result.get("test_cases") not in (None, test_cases):
         raise ValueError(f"{s.output} holds runs on another test set; give another --output")
+    if result["runs"] and (result.get("settings") or {}).get("target_spacing") != s.target_spacing:
+        raise ValueError(f"{s.output} holds runs planned at another target spacing "
+                         f"({(result.get('settings') or {}).get('target_spacing') or 'the plans own'}); give "
+                         f"another --output")
     machine = describe_machine()
     if result["runs"] and result.get("machine") and hardware(result["machine"]) != hardware(machine):
         raise ValueError(f"{s.output} holds runs measured on {machine_line(result['machine'])}, this is "
@@ -431,8 +455,10 @@ def run_curve(s: CurveSettings) -> Dict:
     result.update({"description": "sam-nnunet learning-curve: test-set accuracy against training cases, equal "
                                   "wall-clock budget per run (documentation/learning_curve.md)",
                    "source": os.path.abspath(source), "test_folder": test_folder, "test_cases": test_cases,
-                   "test_selection": "folder" if s.test_folder else f"held out: {s.num_test} cases, seed "
-                                                                    f"{s.test_seed}",
+                   "test_selection": ("folder" if s.test_folder else f"held out: {s.num_test} cases, seed "
+                                                                     f"{s.test_seed}") +
+                   (f" ({s.num_test} cases, seed {s.test_seed}, left out of training)"
+                    if s.test_folder and s.num_test is not None else ""),
                    "settings": asdict(s), "machine": machine, "load_average": list(os.getloadavg()),
                    "command": command_line(s), "failures": []})
     result["commit"] = result["machine"]["versions"].get("sam-nnunet commit")
@@ -444,13 +470,14 @@ def run_curve(s: CurveSettings) -> Dict:
                 trainer, encoder = trainer_spec(spec)
                 counts = s.clicks if is_prompted(trainer) else [0]
                 todo = [c for c in counts if run_key(trainer, encoder, n, seed, c, s.budget_seconds,
-                                                     cache_variant(s, trainer)) not in done]
+                                                     cache_variant(s, trainer)) +
+                        key_suffix(row_plans(spec), s.target_spacing) not in done]
                 if not todo:
                     continue
-                print(f"learning-curve: {display_name(trainer)} {encoder or ''} n={n} seed={seed} clicks={todo}",
-                      flush=True)
+                print(f"learning-curve: {display_name(trainer)}{display_suffix(row_plans(spec))} {encoder or ''} "
+                      f"n={n} seed={seed} clicks={todo}", flush=True)
                 try:
-                    dataset, plans = prepare_dataset(s, source, cases, n, seed, env, work, log)
+                    dataset, plans = prepare_dataset(s, source, cases, n, seed, env, work, log, row_plans(spec))
                     entries = run_training_and_readings(s, spec, n, seed, cases, dataset, plans, test_folder, todo,
                                                         env, work)
                     for e in entries:  # with each run: what it ran on (a file holds one machine's runs)
@@ -476,8 +503,11 @@ def hardware(machine: Dict) -> Tuple:
 def command_line(s: CurveSettings) -> str:
     args = [s.source, "--sizes", *s.sizes, "--trainers", *s.trainers, "--budget", f"{s.budget_seconds:g}",
             "--seeds", *map(str, s.seeds), "--clicks", *map(str, s.clicks), "-o", s.output, "--work-dir", s.work_dir]
-    args += ["--test-folder", s.test_folder] if s.test_folder else ["--num-test", str(s.num_test), "--test-seed",
-                                                                    str(s.test_seed)]
+    args += ["--test-folder", s.test_folder] if s.test_folder else []
+    if s.num_test is not None:
+        args += ["--num-test", str(s.num_test), "--test-seed", str(s.test_seed)]
+    if s.target_spacing:
+        args += ["--target-spacing", *[f"{v:g}" for v in s.target_spacing]]
     if s.configuration_override:
         args += ["--configuration-override", json.dumps(s.configuration_override)]
     for flag, value in (("--cache-copies", s.cache_copies), ("--checkpoint", s.checkpoint),
@@ -504,90 +534,3 @@ def _atomic_json(path: str, data) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
         f.write(json.dumps(data, indent=2).encode())
-
-
-def _fmt(x, digits: int = 3) -> str:
-    return "–" if x is None or x != x else f"{x:.{digits}f}"
-
-
-def _labels(value: Optional[Dict], digits: int) -> str:
-    return " / ".join(_fmt(value[k], digits) for k in sorted(value, key=str)) if value else "–"
-
-
-def _shown_trainer(r: Dict) -> str:
-    return r["trainer"] + (f" [{r['cache']}]" if r.get("cache") else "")
-
-
-def markdown_table(result: Dict) -> str:
-    s = result["settings"]
-    runs = sorted(result["runs"], key=lambda r: (_shown_trainer(r), r["clicks"], r["n_train"], r["seed"]))
-    labels = sorted(runs[0]["dice"], key=str) if runs else []
-    lines = [f"Test set: {len(result['test_cases'])} cases ({result['test_selection']}). Budget per run: "
-             f"{s['budget_seconds']:g} s of training iterations, one training per (trainer, n, seed). "
-             f"Machine: {machine_line(result['machine'])}; commit {result.get('commit')}.",
-             "", f"Per label ({' / '.join(labels)}): Dice, NSD@{s['tolerance']:g}mm, HD95 (mm). "
-                 "*Set-up counted*: the same budget counted from the start of the training (set-up, e.g. the "
-                 "embedding-cache build, inside it); [cacheK-first]: K copies per case, the cache built before the "
-                 "budget's first clock starts (else filled as drawn, inside it); where it stopped at most 1 % of "
-                 "the iterations earlier, its Dice is the final checkpoint's (not predicted again).", "",
-             "| trainer | encoder | clicks | n | seed | iterations | Dice | NSD | HD95 | wall s | set-up s (cache) | "
-             "iterations, set-up counted | Dice, set-up counted |",
-             "|---|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---|"]
-    for r in runs:
-        w = r.get("with_setup") or {}
-        lines.append(
-            f"| {_shown_trainer(r)} | {r['encoder'] or '–'} | {r['clicks'] or 'auto'} | {r['n_train']} | "
-            f"{r['seed']} | "
-            f"{r['iterations']} | {_labels(r['dice'], 3)} | {_labels(r['nsd'], 3)} | {_labels(r['hd95'], 2)} | "
-            f"{_fmt(r['wall_seconds'], 0)} | {_fmt(r['setup_seconds'], 1)} ({_fmt(r['cache_build_seconds'], 1)}) | "
-            f"{w.get('iterations', '–')} | {_labels(w.get('dice'), 3)} |")
-    if result.get("failures"):
-        lines += ["", "Failed in the last invocation: " + "; ".join(
-            f"{f['trainer']} n={f['n_train']} seed={f['seed']}" for f in result["failures"])]
-    return "\n".join(lines) + "\n"
-
-
-def write_chart(result: Dict, path: str) -> None:
-    """Foreground-mean Dice against n_train, one line per (trainer, clicks) (mean over seeds; bars: min-max);
-    dashed: the reading with the set-up counted."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: Dict[str, Dict[int, List[Tuple[float, Optional[float]]]]] = {}
-    for r in result["runs"]:
-        name = _shown_trainer(r) + (f" ({r['encoder']})" if r["encoder"] else "") + \
-            (f", {r['clicks']} click(s)" if r["clicks"] else "")
-        second = (r.get("with_setup") or {}).get("foreground_dice")
-        series.setdefault(name, {}).setdefault(r["n_train"], []).append((r["foreground_dice"], second))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, points) in enumerate(sorted(series.items())):
-        colour = f"C{i % 10}"
-        ns = sorted(points)
-        mean = [sum(v[0] for v in points[n]) / len(points[n]) for n in ns]
-        low = [m - min(v[0] for v in points[n]) for m, n in zip(mean, ns)]
-        high = [max(v[0] for v in points[n]) - m for m, n in zip(mean, ns)]
-        ax.errorbar(ns, mean, yerr=[low, high], marker="o", color=colour, label=name, capsize=3)
-        if all(v[1] is not None for n in ns for v in points[n]):
-            ax.plot(ns, [sum(v[1] for v in points[n]) / len(points[n]) for n in ns], ls="--", color=colour, alpha=0.6)
-    s = result["settings"]
-    ax.set_xlabel("training cases")
-    ax.set_ylabel("test Dice (mean over labels)")
-    ax.set_title(f"{len(result['test_cases'])} test cases, {s['budget_seconds']:g} s per run (dashed: set-up counted)",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, dpi=120, format="png")
-    plt.close(fig)
-
-
-def write_outputs(result: Dict, json_path: str) -> None:
-    """The JSON (atomically, the one it replaces kept as .bak), then the table and the chart beside it."""
-    write_results(json_path, result)
-    base = os.path.splitext(json_path)[0]
-    with atomic_write(base + ".md") as f:
-        f.write(markdown_table(result).encode())
-    write_chart(result, base + ".png")
