@@ -84,7 +84,7 @@ def _cmd_predict_prompted(args) -> None:
                                    seed=args.seed, device=torch.device(args.device), checkpoint_name=args.chk,
                                    step_size=args.step_size, disable_tta=args.disable_tta,
                                    save_probabilities=args.save_probabilities, num_processes=args.npp,
-                                   merge=args.merge)
+                                   merge=args.merge, initial_segmentation=args.initial_segmentation)
     except (PromptFileError, ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
     print(f"Predictions and the clicks used (clicks.json): {args.o}")
@@ -250,6 +250,9 @@ def _add_predict_prompted(sub) -> None:
     p.add_argument("--merge", default="progressive", choices=("progressive", "none"),
                    help="rounds of a prompt file: progressive (default) changes the previous round's mask only where "
                         "the change is connected to the round's prompts; none: the new prediction everywhere")
+    p.add_argument("--initial-segmentation", default=None, metavar="FOLDER",
+                   help="label files (CASE.nii.gz, e.g. nnUNetv2_predict's output) as round 0: the prompts correct "
+                        "them (documentation/interaction/interaction.md)")
     p.set_defaults(func=_cmd_predict_prompted)
 
 

@@ -18,6 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkd
 from sam_nnunet.inference.geometry import (ClickOutsideError, array_index_to_file, array_index_to_preprocessed,
                                            box_array_to_preprocessed, check_box, file_index_to_array,
                                            world_box_to_file_index, world_to_file_index)
+from sam_nnunet.inference.initial_segmentation import initial_case, read_initial_segmentation
 from sam_nnunet.inference.predictor import PromptedPredictor
 from sam_nnunet.inference.prompt_file import (Box, PromptFileError, Prompts, box_label, class_channels,
                                               click_point_label, load_prompts)
@@ -138,11 +139,15 @@ def _preprocessed_prompts(predictor: PromptedPredictor, prompts: CasePrompts, pr
 
 
 def predict_rounds(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts,
-                   properties: dict, merge: str = "progressive") -> torch.Tensor:
+                   properties: dict, merge: str = "progressive", initial: Optional[torch.Tensor] = None
+                   ) -> torch.Tensor:
     """The last round's logits: round r is predicted with the prompts of rounds 0..r and round r - 1's prediction as
     mask prompt, merged into it (``refine_case_prompts``); the frozen encoder runs once for all rounds (the
-    predictor's embedding cache)."""
-    logits = None
+    predictor's embedding cache). ``initial``: logits of an initial segmentation (``initial_segmentation``), the
+    previous prediction of the prompts' round 0 (returned as they are where there is no prompt)."""
+    if initial is not None and not len(prompts.labels) and not len(prompts.box_labels):
+        return initial
+    logits = initial
     predictor.embedding_cache = {} if prompts.num_rounds > 1 else None
     try:
         for r in range(prompts.num_rounds):
@@ -217,6 +222,18 @@ def _resolve_clicks(prompts: Prompts, case: str, clicks: list, numbers: List[int
     return file_index_to_array(points, reader_name), np.asarray(labels, dtype=np.int64)
 
 
+def _initial_folder(folder: Optional[str], prompts: Optional[Prompts], prompts_file: Optional[str]) -> Optional[str]:
+    """The initial segmentation folder of ``--initial-segmentation`` or the prompt file (the same one if both)."""
+    given = prompts.initial_segmentation if prompts is not None else None
+    if folder is not None and given is not None and os.path.realpath(folder) != os.path.realpath(given):
+        raise ValueError(f"two initial segmentations: --initial-segmentation {folder} and {prompts_file}'s "
+                         f"\"initial_segmentation\" {given}; give one")
+    folder = folder if folder is not None else given
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(f"initial segmentation folder {folder} does not exist")
+    return folder
+
+
 def clicks_record(points: np.ndarray, labels: np.ndarray, names: Dict[int, str], has_regions: bool) -> List[dict]:
     """Clicks as prompt-file entries (voxel index in the file)."""
     record = []
@@ -246,7 +263,8 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                      reference_folder: Optional[str] = None, tiles: str = "all", seed: int = 0,
                      device: Optional[torch.device] = None, checkpoint_name: str = "checkpoint_final.pth",
                      step_size: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
-                     num_processes: int = 2, tolerance_mm: float = 5.0, merge: str = "progressive") -> Optional[dict]:
+                     num_processes: int = 2, tolerance_mm: float = 5.0, merge: str = "progressive",
+                     initial_segmentation: Optional[str] = None) -> Optional[dict]:
     """Predict every case of ``input_folder`` (nnU-Net's naming: CASE_0000.nii.gz, ...) with its clicks.
 
     Clicks come from ``prompts_file`` or are simulated (``simulate`` per class) from ``reference_folder``'s labels.
@@ -254,6 +272,9 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     ``tolerance_mm``, HD95; ``OUT/summary.json`` and ``summary.csv``); the summary is returned.
     ``merge``: how a later round of a prompt file's ``rounds`` changes the previous prediction ("progressive": only
     where the change is connected to its prompts; "none": everywhere; ``refine_case_prompts``).
+    ``initial_segmentation``: a folder of label files (CASE.nii.gz, e.g. nnUNetv2_predict's output; or the prompt
+    file's ``"initial_segmentation"``): each case's is round 0, the prompts its corrections (a case without prompts
+    is written as given, through nnU-Net's export); each is checked against its image first.
     Errors the user can fix raise PromptFileError / ValueError with a message naming the case.
     """
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
@@ -269,8 +290,11 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     if not os.path.isdir(input_folder):
         raise ValueError(f"input folder {input_folder} does not exist")
     prompts = load_prompts(prompts_file) if prompts_file is not None else None
+    initial_segmentation = _initial_folder(initial_segmentation, prompts, prompts_file)
     device = device or torch.device("cpu")
     predictor = load_prompted_predictor(model_folder, folds, device, tiles, step_size, disable_tta, checkpoint_name)
+    if initial_segmentation is not None:
+        predictor.check_network_takes_boxes()  # the initial segmentation is the first correction's mask prompt
     pm, cm, dataset_json, lm = (predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
                                 predictor.label_manager)
     file_ending = dataset_json["file_ending"]
@@ -306,16 +330,25 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                                  f"the image {size}; they must be on the same grid")
             clicks[case] = CasePrompts.of(*simulate_clicks(reference, classes, lm.has_regions, simulate,
                                                            case_rng(seed, case)))
+        if initial_segmentation is not None:
+            image, image_properties = reader.read_images(case_files)
+            read_initial_segmentation(initial_segmentation, case, file_ending, reader, image.shape[1:],
+                                      image_properties, lm, dataset_json["labels"])
 
     maybe_mkdir_p(output_folder)
     save_json(dataset_json, join(output_folder, "dataset.json"), sort_keys=False)
     save_json(pm.plans, join(output_folder, "plans.json"), sort_keys=False)
     preprocessor = cm.preprocessor_class(verbose=False)
     record = {"coordinates": "voxel", "cases": {}}
+    if initial_segmentation is not None:
+        record["initial_segmentation"] = os.path.abspath(initial_segmentation)
     for case, case_files in zip(cases, files):
         data, _, properties = preprocessor.run_case(case_files, None, pm, cm, dataset_json)
+        _, initial = initial_case(initial_segmentation, case, file_ending, reader, properties, data.shape[1:],
+                                  predictor)
         try:
-            logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties, merge).cpu()
+            logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties, merge,
+                                    initial).cpu()
         except ClickOutsideError as e:
             raise PromptFileError(f"case {case!r}: {e}") from None
         export_prediction_from_logits(logits, properties, cm, pm, dataset_json, join(output_folder, case),

@@ -21,18 +21,23 @@ Boxes and interaction rounds (ZAP25DSAMTrainer_prompted): an entry ``{"box": [[i
 1}`` is a box from its first to its last voxel (inclusive; world coordinates: two opposite corners in mm). A case may
 instead hold ``{"rounds": [[entries of round 0], [entries added in round 1], ...]}``: each round is predicted with
 every entry so far and the previous round's prediction as mask prompt; the last round is written.
+
+Starting from an existing segmentation (nnUNetv2_predict's output): ``"initial_segmentation": "FOLDER"`` (relative to
+the prompt file's folder, or absolute; label files CASE.nii.gz) makes each case's segmentation there round 0 and every
+round of the file a correction of it (as ``predict-prompted --initial-segmentation FOLDER``).
 """
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 from sam_nnunet.prompts.clicks import click_label
 
 CLICK_KEYS = ("point", "class", "positive")
 BOX_KEYS = ("box", "class", "positive")
-FILE_KEYS = ("coordinates", "world_convention", "cases")
+FILE_KEYS = ("coordinates", "world_convention", "cases", "initial_segmentation")
 
 
 class PromptFileError(ValueError):
@@ -61,6 +66,7 @@ class Prompts:
     world_convention: str             # "LPS" or "RAS" (world coordinates only)
     cases: Dict[str, List[Union[Click, Box]]]
     rounds: Dict[str, List[int]] = field(default_factory=dict)  # the round of each entry of a case (default 0)
+    initial_segmentation: Optional[str] = None  # folder of label files: round 0 of every case, the file's rounds after
 
     def round_of(self, case: str) -> List[int]:
         return self.rounds.get(case, [0] * len(self.cases.get(case, [])))
@@ -136,6 +142,9 @@ def parse_prompts(data, source: str = "the prompt file") -> Prompts:
     cases = data.get("cases")
     if not isinstance(cases, dict) or not cases:
         raise PromptFileError(f"{source}: \"cases\" must be a non-empty object {{case identifier: [clicks]}}")
+    initial = data.get("initial_segmentation")
+    if initial is not None and (not isinstance(initial, str) or not initial):
+        raise PromptFileError(f"{source}: \"initial_segmentation\" must be a folder (a string), not {initial!r}")
     parsed, rounds = {}, {}
     for case, clicks in cases.items():
         if isinstance(clicks, dict) and "rounds" in clicks:
@@ -151,7 +160,7 @@ def parse_prompts(data, source: str = "the prompt file") -> Prompts:
                                   f"[round 1], ...]}})")
         parsed[case] = [_click(c, f"{source}, case {case!r}, click {i}") for i, (_, c) in enumerate(entries)]
         rounds[case] = [r for r, _ in entries]
-    return Prompts(coordinates, convention, parsed, rounds)
+    return Prompts(coordinates, convention, parsed, rounds, initial)
 
 
 def load_prompts(path: str) -> Prompts:
@@ -163,7 +172,11 @@ def load_prompts(path: str) -> Prompts:
         raise PromptFileError(f"prompt file {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise PromptFileError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-    return parse_prompts(data, path)
+    prompts = parse_prompts(data, path)
+    if prompts.initial_segmentation is not None:  # relative to the prompt file
+        prompts.initial_segmentation = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                    prompts.initial_segmentation)
+    return prompts
 
 
 def class_channels(dataset_labels: Dict[str, Union[int, List[int]]], has_regions: bool) -> Dict[Union[str, int], int]:

@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
 from sam_nnunet.inference.geometry import (ClickOutsideError, check_box, file_index_to_array, world_box_to_file_index,
                                            world_to_file_index)
+from sam_nnunet.inference.initial_segmentation import check_initial_segmentation, initial_logits
 from sam_nnunet.inference.predict import CasePrompts, load_prompted_predictor, predict_case_prompts, \
     refine_case_prompts
 from sam_nnunet.inference.predictor import PromptedPredictor
@@ -174,34 +174,28 @@ class InteractiveSession:
             p.tiles = tiles
         return self._push(CasePrompts.of(), logits)
 
-    def set_initial_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        """A segmentation (*S) of the image as set_image took it, valued with the model's labels (a saved or a
-        hand-drawn one), as the current one: an interaction (undo takes it back) that the next interactions refine;
-        its logits (+-10 per output) are their mask prompt. Returns it."""
+    def set_initial_segmentation(self, segmentation: np.ndarray, properties: Optional[dict] = None) -> np.ndarray:
+        """A segmentation (*S) of the image as set_image took it, valued with the model's labels (nnUNetv2_predict's
+        output, a saved or a hand-drawn one), as the current one: an interaction (undo takes it back) that the next
+        interactions refine; its logits (+-10 per output) are their mask prompt. ``properties``: its reader's
+        properties, to check spacing and orientation against the image's too
+        (``initial_segmentation.check_initial_segmentation``). Returns it, unchanged."""
         self._need_image()
-        segmentation = np.asarray(segmentation)
-        if segmentation.shape != self._shape:
-            raise SessionError(f"the initial segmentation has shape {list(segmentation.shape)}, the image "
-                               f"{list(self._shape)}: it must be a segmentation of this image")
-        lm, pm, cm = self.predictor.label_manager, self.predictor.plans_manager, self.predictor.configuration_manager
-        unknown = sorted(set(np.unique(segmentation).tolist()) - set(lm.all_labels))
-        if unknown:
-            raise SessionError(f"the initial segmentation holds values {unknown} that are no label of this model "
-                               f"(labels: {self.predictor.dataset_json['labels']})")
-        # nnU-Net's preprocessing of a segmentation: transpose, crop to the image's nonzero box, resample
-        crop = bounding_box_to_slice(self._properties["bbox_used_for_cropping"])
-        seg = segmentation.transpose(pm.transpose_forward)[crop]
-        spacing = [self._properties["spacing"][i] for i in pm.transpose_forward]
-        seg = cm.resampling_fn_seg(seg[None], self._data.shape[1:], spacing, cm.spacing)[0]
-        if lm.has_regions:
-            inside = np.stack([np.isin(seg, region) for region in lm.foreground_regions])
-        else:
-            inside = np.stack([seg == c for c in range(lm.num_segmentation_heads)])  # channel c: label c
-        logits = torch.from_numpy(np.where(inside, 10.0, -10.0).astype(np.float32))
-        if not lm.has_regions:
-            logits[0] = 0  # ZAP's background logit: the mask prompt is then +-10
-        self._history.append((CasePrompts.of(), logits, segmentation.copy()))
+        p = self.predictor
+        segmentation = check_initial_segmentation(segmentation, self._shape, p.label_manager,
+                                                  p.dataset_json["labels"], properties=properties,
+                                                  image_properties=self._properties, error=SessionError)
+        logits = initial_logits(segmentation, self._properties, self._data.shape[1:], p.plans_manager,
+                                p.configuration_manager, p.label_manager)
+        self._history.append((CasePrompts.of(), logits, np.array(segmentation, copy=True)))
         return self._history[-1][2]
+
+    def set_initial_segmentation_file(self, path: str) -> np.ndarray:
+        """``set_initial_segmentation`` of a label file (nnUNetv2_predict's output), read with the model's reader;
+        its spacing, orientation and origin are checked against the image's."""
+        self._need_image()
+        segmentation, properties = self.predictor.plans_manager.image_reader_writer_class().read_seg(path)
+        return self.set_initial_segmentation(segmentation, properties)
 
     def get_mask(self) -> np.ndarray:
         """The current segmentation (*S), in the image as set_image took it (background before any interaction)."""
