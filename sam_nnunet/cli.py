@@ -51,12 +51,14 @@ def _cmd_interaction(args) -> None:
     try:
         result = evaluate_interaction(args.m, args.f, args.prompts, args.rounds, args.clicks, args.target_dice,
                                       args.seed, args.zero_shot, args.tiles, args.cases, torch.device(args.device),
-                                      args.chk, not args.tta, args.o, args.label, args.merge)
+                                      args.chk, not args.tta, args.o, args.label, args.merge, args.test_folder,
+                                      args.initial_segmentation, args.click_guarantee)
     except (ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
+    from sam_nnunet.evaluation.interaction_report import adherence_table
     from sam_nnunet.evaluation.report import interaction_table, write_interaction_chart
 
-    table = interaction_table(result)
+    table = interaction_table(result) + adherence_table(result)
     stem = os.path.splitext(args.o)[0]
     with open(stem + ".md", "w") as f:
         f.write(table)
@@ -265,7 +267,9 @@ def _add_interaction(sub) -> None:
     p.add_argument("--output", "-o", dest="o", default="interaction.json",
                    help="JSON to write; rows of other trainers in it are kept")
     p.add_argument("--prompts", nargs="+", default=["box", "clicks", "box+clicks"],
-                   choices=("box", "clicks", "box+clicks"), help="first prompts (default: all three)")
+                   choices=("box", "clicks", "box+clicks", "initial+clicks", "automatic+clicks"),
+                   help="first prompts (default: box clicks box+clicks); initial+clicks: from --initial-segmentation, "
+                        "automatic+clicks: from the model's automatic segmentation, then a click per class and round")
     p.add_argument("--rounds", type=int, default=5, help="correction rounds after the first prompt (default 5)")
     p.add_argument("--clicks", type=int, default=1, help="first clicks per class for 'clicks' (default 1)")
     p.add_argument("--target-dice", type=float, default=0.9, help="for the rounds needed to reach it")
@@ -278,6 +282,12 @@ def _add_interaction(sub) -> None:
     p.add_argument("--label", default=None,
                    help="the rows' trainer name (default: the model's, +zero-shot, +no-merge with --merge none)")
     p.add_argument("--cases", nargs="+", default=None, help="preprocessed cases (default: the fold's validation)")
+    p.add_argument("--test-folder", default=None, metavar="DIR",
+                   help="score DIR/imagesTs against DIR/labelsTs (nnU-Net naming) instead of the fold")
+    p.add_argument("--initial-segmentation", default=None, metavar="FOLDER",
+                   help="label files CASE.nii.gz (e.g. nnUNetv2_predict's output): the start of initial+clicks")
+    p.add_argument("--click-guarantee", type=float, default=None, metavar="R",
+                   help="post-hoc rule: every click holds its class within R voxels (rows +guarantee)")
     p.add_argument("--tiles", default=None, choices=("all", "clicked", "centred"),
                    help="default: the trainer's paper protocol (ZAP: clicked)")
     p.add_argument("--seed", type=int, default=0)

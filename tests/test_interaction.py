@@ -63,7 +63,9 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
                                                             for r in (0, 1)}
     zero = [r for r in rows if not r["trained"]]
     assert {(r["trainer"], r["prompt"], r["round"]) for r in zero} == {(TRAINER + "+zero-shot", "box", 0)}
-    assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice", "merge"} for r in rows)
+    assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice", "merge", "clicks", "adherence",
+                          "adherence_positive", "adherence_negative", "changed_per_click"} for r in rows)
+    assert all(r["adherence"] is None for r in rows if r["round"] == 0)
     assert {r["merge"] for r in rows} == {"progressive"}
     assert all(r["dice"] is not None and 0 <= r["dice"] <= 1 for r in rows)  # every case has both classes
     assert result["cases"] == [case] and set(result["rounds_to_target"]) == {TRAINER, TRAINER + "+zero-shot"}
@@ -174,3 +176,53 @@ def test_interaction_table_says_when_no_case_reaches_the_target():
                                "rounds_to_target": {"T": {"box": 3.0, "clicks": 1.5}}})
     assert "| T | yes | box | 0.500 | 0.600 | 0.700 | none within 2 |" in table
     assert "| T | yes | clicks | 0.800 | 0.900 | 0.950 | 1.5 |" in table
+
+
+def test_test_folder_with_an_initial_segmentation_adherence_and_the_guarantee(model_folder, synthetic_dataset,
+                                                                             tmp_path):
+    """--test-folder: imagesTs + labelsTs never preprocessed with the model; initial+clicks starts from the given
+    label files (round 0 is their Dice exactly), then a click per class and round; adherence in rows and table;
+    --click-guarantee 0 makes every correction click hold at its voxel (a post-hoc rule: adherence 1 by
+    construction), rows labelled +guarantee."""
+    import SimpleITK as sitk
+
+    folder, _ = model_folder
+    raw = synthetic_dataset["raw"]
+    initial = tmp_path / "initial"
+    initial.mkdir()
+    starts = {}
+    for f in sorted(os.listdir(os.path.join(raw, "labelsTs"))):
+        image = sitk.ReadImage(os.path.join(raw, "labelsTs", f))
+        array = sitk.GetArrayFromImage(image)
+        array[:, :, : array.shape[2] // 2] = 0  # half of each structure missing
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(initial / f))
+        reference = sitk.GetArrayFromImage(image)
+        starts[f[:-len(".nii.gz")]] = foreground_dice(array, reference, [1, 2], False)
+    out = str(tmp_path / "interaction.json")
+    cli.main(["interaction", "-m", folder, "--test-folder", raw, "--initial-segmentation", str(initial),
+              "--prompts", "initial+clicks", "clicks", "--rounds", "2", "-o", out])
+    result = json.load(open(out))
+    assert result["cases"] == sorted(starts) and result["test_folder"] == os.path.abspath(raw)
+    per_case = result["per_case"][TRAINER]["initial+clicks"]
+    for case, dice in starts.items():
+        assert per_case[case][0] == pytest.approx(dice, abs=1e-12)  # round 0 is the initial segmentation
+    rows = [r for r in result["rows"] if r["prompt"] == "initial+clicks"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    first = rows[1]
+    assert first["clicks"] >= 2 and 0 <= first["adherence"] <= 1 and first["changed_per_click"] >= 0
+    assert first["adherence_positive"] is not None  # half of each structure is missing: positive clicks
+    assert set(result["adherence"][TRAINER]) == {"initial+clicks", "clicks"}
+    table = open(out[:-len(".json")] + ".md").read()
+    assert "| trainer | prompt | correction clicks | adherence | positive | negative |" in table
+
+    cli.main(["interaction", "-m", folder, "--test-folder", raw, "--initial-segmentation", str(initial),
+              "--prompts", "initial+clicks", "--rounds", "1", "--click-guarantee", "0", "-o", out])
+    guaranteed = json.load(open(out))["adherence"][TRAINER + "+guarantee"]["initial+clicks"]
+    assert guaranteed["adherence"] == 1.0 and guaranteed["clicks"] >= 2
+
+    with pytest.raises(SystemExit, match="initial\\+clicks starts from --initial-segmentation"):
+        cli.main(["interaction", "-m", folder, "--test-folder", raw, "--prompts", "initial+clicks", "-o", out])
+    with pytest.raises(SystemExit, match="needs imagesTs"):
+        cli.main(["interaction", "-m", folder, "--test-folder", str(tmp_path), "-o", out])

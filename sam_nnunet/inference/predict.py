@@ -24,6 +24,7 @@ from sam_nnunet.inference.prompt_file import (Box, PromptFileError, Prompts, box
                                               click_point_label, load_prompts)
 from sam_nnunet.metrics.evaluate import evaluate_folders
 from sam_nnunet.prompts.corrections import MERGES, progressive_merge
+from sam_nnunet.prompts.guarantee import guarantee_clicks
 from sam_nnunet.prompts.simulate import case_rng, simulate_clicks
 
 
@@ -110,21 +111,28 @@ def predict_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, promp
 
 
 def refine_case_prompts(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts, properties: dict,
-                        previous: Optional[torch.Tensor] = None, merge: str = "progressive") -> torch.Tensor:
+                        previous: Optional[torch.Tensor] = None, merge: str = "progressive",
+                        guarantee: Optional[float] = None) -> torch.Tensor:
     """One interaction round: logits (num_heads, *S) with every prompt so far and ``previous`` (the last round's
     logits, or None; a network without mask prompt refuses it) as mask prompt. ``merge``: "progressive" (default) keeps the
     previous logits wherever the change is not connected to this round's new prompts (the prompts of
-    ``prompts``' last round; ``corrections.progressive_merge``), "none" takes the new prediction everywhere."""
+    ``prompts``' last round; ``corrections.progressive_merge``), "none" takes the new prediction everywhere.
+    ``guarantee``: a radius in voxels (None: off): every click so far then holds its class within it, a post-hoc
+    rule (``prompts.guarantee``)."""
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
     mask = None if previous is None else predictor.mask_prompt_of(previous)
     logits = predict_case_prompts(predictor, data, prompts, properties, mask)
-    if previous is None or merge == "none":
-        return logits
-    last = prompts.of_round(prompts.num_rounds - 1)
-    points, boxes = _preprocessed_prompts(predictor, last, properties, data.shape[1:])
-    return progressive_merge(previous.to(logits.device), logits, points, last.labels, boxes,
-                             predictor.label_manager.has_regions)
+    if previous is not None and merge != "none":
+        last = prompts.of_round(prompts.num_rounds - 1)
+        points, boxes = _preprocessed_prompts(predictor, last, properties, data.shape[1:])
+        logits = progressive_merge(previous.to(logits.device), logits, points, last.labels, boxes,
+                                   predictor.label_manager.has_regions)
+    if guarantee is not None:
+        points, _ = _preprocessed_prompts(predictor, CasePrompts.of(prompts.points, prompts.labels), properties,
+                                          data.shape[1:])
+        logits = guarantee_clicks(logits, points, prompts.labels, predictor.label_manager.has_regions, guarantee)
+    return logits
 
 
 def _preprocessed_prompts(predictor: PromptedPredictor, prompts: CasePrompts, properties: dict,
@@ -139,8 +147,8 @@ def _preprocessed_prompts(predictor: PromptedPredictor, prompts: CasePrompts, pr
 
 
 def predict_rounds(predictor: PromptedPredictor, data: torch.Tensor, prompts: CasePrompts,
-                   properties: dict, merge: str = "progressive", initial: Optional[torch.Tensor] = None
-                   ) -> torch.Tensor:
+                   properties: dict, merge: str = "progressive", initial: Optional[torch.Tensor] = None,
+                   guarantee: Optional[float] = None) -> torch.Tensor:
     """The last round's logits: round r is predicted with the prompts of rounds 0..r and round r - 1's prediction as
     mask prompt, merged into it (``refine_case_prompts``); the frozen encoder runs once for all rounds (the
     predictor's embedding cache). ``initial``: logits of an initial segmentation (``initial_segmentation``), the
@@ -151,7 +159,7 @@ def predict_rounds(predictor: PromptedPredictor, data: torch.Tensor, prompts: Ca
     predictor.embedding_cache = {} if prompts.num_rounds > 1 else None
     try:
         for r in range(prompts.num_rounds):
-            logits = refine_case_prompts(predictor, data, prompts.upto(r), properties, logits, merge)
+            logits = refine_case_prompts(predictor, data, prompts.upto(r), properties, logits, merge, guarantee)
     finally:
         predictor.embedding_cache = None
     return logits
@@ -264,7 +272,8 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                      device: Optional[torch.device] = None, checkpoint_name: str = "checkpoint_final.pth",
                      step_size: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
                      num_processes: int = 2, tolerance_mm: float = 5.0, merge: str = "progressive",
-                     initial_segmentation: Optional[str] = None) -> Optional[dict]:
+                     initial_segmentation: Optional[str] = None, click_guarantee: Optional[float] = None
+                     ) -> Optional[dict]:
     """Predict every case of ``input_folder`` (nnU-Net's naming: CASE_0000.nii.gz, ...) with its clicks.
 
     Clicks come from ``prompts_file`` or are simulated (``simulate`` per class) from ``reference_folder``'s labels.
@@ -275,6 +284,7 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
     ``initial_segmentation``: a folder of label files (CASE.nii.gz, e.g. nnUNetv2_predict's output; or the prompt
     file's ``"initial_segmentation"``): each case's is round 0, the prompts its corrections (a case without prompts
     is written as given, through nnU-Net's export); each is checked against its image first.
+    ``click_guarantee``: radius in voxels within which every click holds its class (a post-hoc rule; None: off).
     Errors the user can fix raise PromptFileError / ValueError with a message naming the case.
     """
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
@@ -348,7 +358,7 @@ def predict_prompted(input_folder: str, output_folder: str, model_folder: str, f
                                   predictor)
         try:
             logits = predict_rounds(predictor, torch.from_numpy(data), clicks[case], properties, merge,
-                                    initial).cpu()
+                                    initial, click_guarantee).cpu()
         except ClickOutsideError as e:
             raise PromptFileError(f"case {case!r}: {e}") from None
         export_prediction_from_logits(logits, properties, cm, pm, dataset_json, join(output_folder, case),
