@@ -18,6 +18,8 @@ nnUNet_SAM_cache_build_first     1: under a time budget, build the whole embeddi
 nnUNet_SAM_cache_dir             where the embedding cache lives (default: the dataset's preprocessed folder)
 nnUNet_SAM_time_budget_seconds   every trainer (nnUNetTrainerShortRun too): stop training after the first iteration
                                  that ends past this many seconds, then write checkpoint_final (trainers.budget)
+nnUNet_SAM_seed                  every trainer: seed Python's, NumPy's and torch's generators and the embedding cache's
+                                 draws at the start of training (a whole number; unset: nnU-Net's unseeded runs)
 nnUNet_SAM_cpu_bf16              prediction on the CPU by networks that declare cpu_bf16_prediction (ZAP-2.5DSAM
                                  and its prompted variant): "auto" (default) in bfloat16 where the CPU computes it
                                  natively (AVX-512 BF16 or AMX), "1" on every CPU, "0" never (float32, as nnU-Net)
@@ -44,6 +46,7 @@ CACHE_DIR = "nnUNet_SAM_cache_dir"
 CACHE_BUILD_FIRST = "nnUNet_SAM_cache_build_first"
 TIME_BUDGET_SECONDS = "nnUNet_SAM_time_budget_seconds"
 CPU_BF16 = "nnUNet_SAM_cpu_bf16"
+SEED = "nnUNet_SAM_seed"
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 _FALSE = ("0", "false", "f", "no", "n", "off")
@@ -115,7 +118,7 @@ _CHECKS = {
     ALLOW_RANDOM_INIT: get_strict_flag, SKIP_MEMORY_CHECK: get_strict_flag, CACHE_BUILD_FIRST: get_strict_flag,
     NUM_EPOCHS: get_positive_int, ITERATIONS_PER_EPOCH: get_positive_int,
     DEVICE_MEMORY_GB: get_positive_float, TIME_BUDGET_SECONDS: get_positive_float,
-    CACHE_COPIES: get_non_negative_int,
+    CACHE_COPIES: get_non_negative_int, SEED: get_non_negative_int,
     CPU_BF16: lambda name: get_choice(name, CPU_BF16_CHOICES, "auto"),
     CHECKPOINT: get_str, ENCODER: get_str, CACHE_DIR: get_str, TEST_CHECKPOINT_PAUSE: get_str,
 }

@@ -283,3 +283,25 @@ def test_sliding_window_prediction_with_mirroring(tiny_sam_checkpoint):
     image = torch.randn(1, 11, 12, 5)  # two tiles on the first axis, smaller than the patch on the third
     logits = predictor.predict_sliding_window_return_logits(image)
     assert logits.shape == (3, 11, 12, 5) and torch.isfinite(logits).all()
+
+
+def test_every_output_can_start_from_the_single_mask_token(tiny_sam_checkpoint):
+    """mask_token_source=0: each output is SAM's output 0 at the start (the token MedSAM / LiteMedSAM trained), for
+    the outputs on SAM's own tokens and for the added ones beyond four."""
+    path, state = tiny_sam_checkpoint
+    cfg = SAM_VIT_CONFIGS["vit_test"]
+    torch.manual_seed(0)
+    embeddings, pe = torch.randn(1, cfg.out_chans, 5, 7), torch.randn(1, cfg.out_chans, 5, 7)
+    dense = torch.randn(1, cfg.out_chans, 1, 1)
+    default = PromptFreeMaskDecoder(cfg, num_masks=5)
+    default.load_pretrained(state, path)
+    shared = PromptFreeMaskDecoder(cfg, num_masks=5, token_source=0)
+    shared.load_pretrained(state, path)
+    with torch.no_grad():
+        d, s = default(embeddings, pe, dense), shared(embeddings, pe, dense)
+    assert not torch.allclose(d[0, 1], d[0, 0])  # SAM's own tokens differ
+    for i in range(5):  # all token outputs equal (the tokens attend to each other: equal tokens, equal outputs)
+        torch.testing.assert_close(s[0, i], s[0, 0])
+    assert not torch.allclose(s[0, 0], d[0, 0])  # token 1..3 changed, so the token set the transformer sees changed
+    with pytest.raises(ValueError, match="token_source 2"):
+        PromptFreeMaskDecoder(cfg, num_masks=2, token_source=2)

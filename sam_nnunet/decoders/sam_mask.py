@@ -86,20 +86,27 @@ class PromptFreeMaskDecoder(nn.Module):
     Output i is SAM's mask token i through hypernetwork MLP i. SAM has four of each, so up to four outputs add no
     parameter; unused MLPs are dropped (the paper keeps one). All four mask tokens and the IoU token stay in the token
     set, so the two-way transformer sees SAM's own tokens. Outputs beyond four get an added token and MLP each
-    (``extra_*``), initialised from SAM's token / MLP ``i mod 4`` when the pretrained weights are loaded.
+    (``extra_*``), initialised from SAM's token / MLP ``i mod 4`` when the pretrained weights are loaded; with
+    ``token_source`` every output starts from SAM's token / MLP of that index instead.
 
     Arguments:
       cfg: decoder sizes (see the module docstring).
       num_masks: number of mask logits per image (>= 1).
+      token_source: None, or the index of the pretrained mask token every output starts from (0: the single-mask
+        output MedSAM / LiteMedSAM trained; their tokens 1-3 are SAM's natural-image multi-mask tokens).
     """
 
-    def __init__(self, cfg, num_masks: int) -> None:
+    def __init__(self, cfg, num_masks: int, token_source: Optional[int] = None) -> None:
         super().__init__()
         if num_masks < 1:
             raise ValueError("PromptFreeMaskDecoder needs at least one output mask")
         from segment_anything.modeling.mask_decoder import MLP
 
         sam = build_sam_mask_decoder(cfg)
+        if token_source is not None and not 0 <= token_source < min(num_masks, sam.num_mask_tokens):
+            raise ValueError(f"token_source {token_source}: one of the outputs' tokens "
+                             f"0..{min(num_masks, sam.num_mask_tokens) - 1}")
+        self.token_source = token_source
         del sam.iou_prediction_head
         sam.output_hypernetworks_mlps = nn.ModuleList(list(sam.output_hypernetworks_mlps)[:num_masks])
         self.sam = sam
@@ -114,11 +121,18 @@ class PromptFreeMaskDecoder(nn.Module):
         dropped: Iterable[str] = ["iou_prediction_head."] + [
             f"output_hypernetworks_mlps.{i}." for i in range(kept, self.sam.num_mask_tokens)]
         load_submodule_state(self.sam, state_dict, "mask_decoder.", ignore_prefixes=dropped, path=path)
+        source = self.token_source
+        mlps = self.sam.output_hypernetworks_mlps
         with torch.no_grad():
+            if source is not None:
+                for i in range(kept):
+                    if i != source:
+                        self.sam.mask_tokens.weight[i].copy_(self.sam.mask_tokens.weight[source])
+                        mlps[i].load_state_dict(mlps[source].state_dict())
             for j, mlp in enumerate(self.extra_hypernetworks_mlps):
-                source = j % self.sam.num_mask_tokens
-                self.extra_mask_tokens[j].copy_(self.sam.mask_tokens.weight[source])
-                mlp.load_state_dict(self.sam.output_hypernetworks_mlps[source].state_dict())
+                src = j % self.sam.num_mask_tokens if source is None else source
+                self.extra_mask_tokens[j].copy_(self.sam.mask_tokens.weight[src])
+                mlp.load_state_dict(mlps[src].state_dict())
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor,
                 sparse_embeddings: Optional[torch.Tensor] = None,

@@ -148,6 +148,9 @@ class ZAP25DNetwork(SAMNetworkBase):
       input_window: per input channel the nnU-Net value range mapped to [0, 1] before the encoder's own
         normalisation (``encoders.contract``; the trainer writes it from the plans); None: values as they are (the
         public code's SAM ViT input, and models trained before the contract).
+      mask_token_source: every output's mask token and hypernetwork MLP start from SAM's token / MLP of this index
+        (0: the single-mask output that MedSAM and LiteMedSAM trained, always box-prompted); None: output i from
+        SAM's token i (SAM's multi-mask tokens beyond 0, which those models never trained).
       canvas: LiteMedSAM only: every slice resized to the encoder's 256 x 256 canvas (its official placement)
         instead of ``upsample`` (``blocks.pseudo_slices``).
       deep_supervision: must be False: the network has a single full-resolution head (nnU-Net passes the flag).
@@ -172,7 +175,7 @@ class ZAP25DNetwork(SAMNetworkBase):
                  pool: int = 4, window_size: int = 16, background_channel: bool = True, encoder_batch: int = 8,
                  checkpoint_decoder: bool = True, plane_layout: int = PLANE_LAYOUT,
                  input_window: Optional[Sequence[Sequence[float]]] = None, canvas: bool = False,
-                 deep_supervision: bool = False) -> None:
+                 mask_token_source: Optional[int] = None, deep_supervision: bool = False) -> None:
         super().__init__(encoder, deep_supervision)
         if plane_layout not in PLANE_LAYOUTS:
             raise ValueError(f"ZAP25DNetwork: unknown plane_layout {plane_layout!r}; known: {sorted(PLANE_LAYOUTS)}")
@@ -192,7 +195,7 @@ class ZAP25DNetwork(SAMNetworkBase):
         self.encoder: PseudoSliceEncoder = build_pseudo_slice_encoder(encoder, window_size, upsample, canvas)
         self.prompt_encoder = build_sam_prompt_encoder(cfg)
         self.prompt_encoder.requires_grad_(False)
-        self.decoder = PromptFreeMaskDecoder(cfg, num_masks)
+        self.decoder = PromptFreeMaskDecoder(cfg, num_masks, mask_token_source)
 
     def pretrained_modules(self) -> Dict[str, nn.Module]:
         return {"encoder": self.encoder, "prompt_encoder": self.prompt_encoder, "decoder.sam": self.decoder.sam}

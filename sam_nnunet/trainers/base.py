@@ -38,7 +38,8 @@ from sam_nnunet.trainers.checkpoints import atomic_write, checkpoint_to_load, ho
 from sam_nnunet.trainers.ddp import device_agnostic_ddp, keep_requested_device
 from sam_nnunet.trainers.memory_check import check_memory_before_training
 from sam_nnunet.trainers.output_folder import refuse_unwritable_results
-from sam_nnunet.trainers.schedulers import LinearDecayLR
+from sam_nnunet.trainers.seeding import seed_training
+from sam_nnunet.trainers.schedulers import LinearDecayLR, WarmupCosineLR
 
 
 def check_settings() -> None:
@@ -74,7 +75,11 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
     spatial_dims: int = 3                      # patch dimensionality the network accepts
     sam_initial_lr: float = 1e-4
     sam_weight_decay: float = 0.0
-    lr_end_factor: float = 0.01                # linear decay to this fraction of the initial lr
+    lr_end_factor: float = 0.01                # decay to this fraction of the initial lr
+    # "linear": linear decay per epoch over num_epochs (the papers' schedules); "warmup_cosine": warm-up over the
+    # first lr_warmup share, then cosine, set every step from the share of the run done (budget or schedule)
+    lr_schedule: str = "linear"
+    lr_warmup: float = 0.0
     # CUDA peak under nnU-Net's autocast / fp32 memory estimate, the lowest measured (ViT-B methods 0.65-0.75 on an
     # H100, documentation/cuda.md): the start-up memory check stops only where even this share cannot fit
     cuda_autocast_memory_factor: float = 0.65
@@ -144,6 +149,7 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
             raise UserFacingExit(str(e)) from None
         self._write_architecture_into_plans(self.sam_choice.encoder.name)
         self._weights_from_nnunet_checkpoint = False
+        seed_training(self.print_to_log_file)  # before initialize() builds and initialises the network
 
     # ---- configuration -----------------------------------------------------------------------------------------
     def _apply_short_run_settings(self) -> None:
@@ -343,7 +349,23 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
             optimizer.register_step_pre_hook(clip_parts)
             self.print_to_log_file(f"Gradient clipping: norm {max_norm} for each of {len(parts)} parts "
                                    f"({', '.join(self.grad_clip_parts + ('the rest',))}), after nnU-Net's 12")
+        if self.lr_schedule == "warmup_cosine":
+            self.print_to_log_file(f"Learning rate: {self.initial_lr:g}, warm-up over {self.lr_warmup:.0%} of the run, "
+                                   f"cosine decay to {self.lr_end_factor:g}x over the run's length, set every step")
+            return optimizer, WarmupCosineLR(optimizer, self.initial_lr, self.num_epochs, self.lr_end_factor,
+                                             self.lr_warmup)
         return optimizer, LinearDecayLR(optimizer, self.initial_lr, self.num_epochs, self.lr_end_factor)
+
+    def on_train_epoch_start(self):
+        self.steps_in_epoch = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        if isinstance(self.lr_scheduler, WarmupCosineLR):
+            self.lr_scheduler.set_progress(self.run_progress())
+        result = super().train_step(batch)
+        self.steps_in_epoch += 1
+        return result
 
     def _gradient_clip_parts(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each ``grad_clip_parts`` submodule, and of the rest, as lists."""

@@ -45,6 +45,18 @@ class TimeBudgetMixin:
     ``nnUNet_SAM_time_budget_seconds``."""
 
     time_budget_record: Optional[dict] = None  # set by a budgeted run_training; also what time_budget.json holds
+    steps_in_epoch: int = 0  # training steps done in the current epoch (counted by the trainer's train_step)
+    _budget_clock: Optional[tuple] = None  # (start of the budgeted loop, budget seconds)
+
+    def run_progress(self) -> float:
+        """Share of the run done, in [0, 1]: iterations of the schedule (epochs x iterations), or under a wall-clock
+        budget the elapsed share of the budget where that is further."""
+        total = self.num_epochs * self.num_iterations_per_epoch
+        progress = (self.current_epoch * self.num_iterations_per_epoch + self.steps_in_epoch) / max(total, 1)
+        if self._budget_clock is not None:
+            start, budget = self._budget_clock
+            progress = max(progress, (time.perf_counter() - start) / budget)
+        return min(progress, 1.0)
 
     def run_training(self):
         budget = time_budget_seconds()
@@ -63,6 +75,7 @@ class TimeBudgetMixin:
         if setup >= budget:  # the with-set-up reading is the untrained network
             self._save_with_setup_checkpoint(record, epoch=int(self.current_epoch), iteration=0, seconds=setup)
         loop_start = time.perf_counter()
+        self._budget_clock = (loop_start, budget)
         stopped = False
         for epoch in range(self.current_epoch, self.num_epochs):
             self.on_epoch_start()

@@ -49,7 +49,10 @@ from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.networks.zap25d import CachedEmbeddings
 from sam_nnunet.trainers.cache_entries import CacheEntryError, entry_is_usable, load_entry, superseded_report
 from sam_nnunet.trainers.checkpoints import atomic_torch_save
+from sam_nnunet.trainers.seeding import training_seed
 
+# network arguments that do not change what the frozen encoder outputs (memory / speed, the decoder's start)
+DECODER_ONLY_ARGUMENTS = ("encoder_batch", "checkpoint_decoder", "mask_token_source")
 CACHE_FORMAT = 2  # 2: validation copies named apart from training copies (1 read one for the other across folds)
 DEFAULT_COPIES = 4
 
@@ -317,7 +320,7 @@ class EmbeddingCacheMixin:
             "configure_rotation_dummyDA_mirroring_and_inital_patch_size")]
         key = {"format": CACHE_FORMAT, "augmentation": augmentation, "plans": self.plans_manager.plans_name,
                "configuration": self.configuration_name, "patch_size": list(self.configuration_manager.patch_size),
-               "network": {k: arch[k] for k in sorted(arch) if k not in ("encoder_batch", "checkpoint_decoder")},
+               "network": {k: arch[k] for k in sorted(arch) if k not in DECODER_ONLY_ARGUMENTS},
                "frozen_sha256": state_sha256(net.channels, net.encoder), "nnunetv2": version("nnunetv2"),
                "oversample_foreground_percent": self.oversample_foreground_percent}
         return EmbeddingCache(root, key)
@@ -369,7 +372,8 @@ class EmbeddingCacheMixin:
         as_drawn = settings.get_positive_float(settings.TIME_BUDGET_SECONDS) is not None and \
             not settings.get_flag(settings.CACHE_BUILD_FIRST)
         loaders = []
-        for what, dataset, size, transforms in sources:
+        seed = training_seed()
+        for i, (what, dataset, size, transforms) in enumerate(sources):
             fingerprints = {c: case_fingerprint(folder, c) for c in dataset.identifiers}
             entries = {c: [cache.path(c, fingerprints[c], k, what) for k in range(copies)]
                        for c in dataset.identifiers}
@@ -387,7 +391,8 @@ class EmbeddingCacheMixin:
                     torch.distributed.barrier()  # the other ranks read what rank 0 wrote
             repair = encoder_of(cache, self.sam_network, dataset, size, patch, self.label_manager,
                                 self.oversample_foreground_percent, transforms, self.device)
-            loaders.append(CachedBatches(entries, self.batch_size, fill=fill, repair=repair,
+            loaders.append(CachedBatches(entries, self.batch_size, seed=None if seed is None else seed + i,
+                                         fill=fill, repair=repair,
                                          log=self.print_to_log_file))
         self.print_to_log_file(f"Training from the embedding cache: {copies} augmented copies per case"
                                f"{', each encoded when first drawn (time budget)' if as_drawn else ''} "

@@ -13,6 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from sam_nnunet.errors import UserFacingExit
 from sam_nnunet.trainers.base import SAMTrainerBase, check_settings
 from sam_nnunet.trainers.budget import TimeBudgetMixin
+from sam_nnunet.trainers.seeding import seed_training
 
 
 class nnUNetTrainerShortRun(TimeBudgetMixin, nnUNetTrainer):
@@ -28,3 +29,4 @@ class nnUNetTrainerShortRun(TimeBudgetMixin, nnUNetTrainer):
             SAMTrainerBase._apply_short_run_settings(self)
         except ValueError as e:
             raise UserFacingExit(str(e)) from None
+        seed_training(self.print_to_log_file)
