@@ -284,8 +284,9 @@ def run_key(trainer: str, encoder: Optional[str], n: int, seed: int, clicks: int
 
 
 def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, plans: str, env: Dict[str, str],
-          log: str) -> Dict:
-    """nnUNetv2_train ... all with the budget (once: a finished training, checkpoint and budget record, is kept)."""
+          log: str, seed: Optional[int] = None) -> Dict:
+    """nnUNetv2_train ... all with the budget (once: a finished training, checkpoint and budget record, is kept);
+    ``seed`` (the curve's, which also drew the training cases) seeds the training (nnUNet_SAM_seed)."""
     model = os.path.join(env["nnUNet_results"], dataset, f"{trainer}__{plans}__{s.configuration}")
     fold = os.path.join(model, "fold_all")
     record_file = os.path.join(fold, RECORD_FILE)
@@ -297,6 +298,8 @@ def train(s: CurveSettings, trainer: str, encoder: Optional[str], dataset: str, 
         train_env.pop(var, None)  # the budget is the only limit; the encoder is the run's
     if encoder:
         train_env[settings.ENCODER] = encoder
+    if seed is not None:
+        train_env[settings.SEED] = str(seed)
     if s.checkpoint and trainer != BASELINE:
         train_env[settings.CHECKPOINT] = os.path.abspath(s.checkpoint)
     if s.allow_random_init:
@@ -377,7 +380,7 @@ def run_training_and_readings(s: CurveSettings, spec: str, n: int, seed: int, ca
     if variant:  # nnU-Net names a model folder by trainer and plans only: another cache setting trains elsewhere
         env = dict(env, nnUNet_results=f"{env['nnUNet_results']}_{variant}")
         os.makedirs(env["nnUNet_results"], exist_ok=True)
-    trained = train(s, trainer, encoder, dataset, plans, env, log)
+    trained = train(s, trainer, encoder, dataset, plans, env, log, seed)
     record = trained["record"]
     with_setup = record.get("with_setup") or {}
     entries = []
