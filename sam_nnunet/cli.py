@@ -69,7 +69,9 @@ def _cmd_interaction(args) -> None:
 
 def _cmd_demo(args) -> None:
     from sam_nnunet.demo import run_demo
-    run_demo(args.work_dir, msd_task=args.msd, trainer=args.trainer, epochs=args.epochs, iterations=args.iterations)
+    lengths = {k: v for k, v in (("epochs", args.epochs), ("iterations", args.iterations)) if v is not None}
+    run_demo(args.work_dir, msd_task=args.msd, trainer=args.trainer, seed=None if args.seed < 0 else args.seed,
+             tiny_encoder=args.tiny_encoder, **lengths)
 
 
 def _cmd_predict_prompted(args) -> None:
@@ -86,7 +88,8 @@ def _cmd_predict_prompted(args) -> None:
                                    seed=args.seed, device=torch.device(args.device), checkpoint_name=args.chk,
                                    step_size=args.step_size, disable_tta=args.disable_tta,
                                    save_probabilities=args.save_probabilities, num_processes=args.npp,
-                                   merge=args.merge, initial_segmentation=args.initial_segmentation)
+                                   merge=args.merge, initial_segmentation=args.initial_segmentation,
+                                   click_guarantee=args.click_guarantee)
     except (PromptFileError, ValueError, FileNotFoundError) as e:
         raise UserFacingExit(str(e)) from None
     print(f"Predictions and the clicks used (clicks.json): {args.o}")
@@ -216,11 +219,12 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end to end through the stock nnU-Net CLI: data, plan, train, predict, evaluate")
     p.add_argument("--work-dir", default="demo_output")
     p.add_argument("--msd", default=None, help="a Medical Segmentation Decathlon Task folder (default: synthetic)")
-    p.add_argument("--trainer", default="SAMAdapterTrainer")
-    # 6 x 25 iterations: enough for the tiny random encoder to segment the synthetic structures (2 x 10 gave Dice
-    # 0.33 / 0.0; after 5 x 25 nnU-Net's pseudo Dice was 0.87 / 0.79), a few minutes on 2 CPU cores
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    p.add_argument("--trainer", default="ZAP25DSAMTrainer")
+    p.add_argument("--tiny-encoder", action="store_true",
+                   help="a tiny random-weight encoder instead of LiteMedSAM's weights (a smoke run of the pipeline)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's, 4)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (default: 40)")
+    p.add_argument("--seed", type=int, default=0, help="nnUNet_SAM_seed of the training (-1: unseeded)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -255,6 +259,8 @@ def _add_predict_prompted(sub) -> None:
     p.add_argument("--initial-segmentation", default=None, metavar="FOLDER",
                    help="label files (CASE.nii.gz, e.g. nnUNetv2_predict's output) as round 0: the prompts correct "
                         "them (documentation/interaction/interaction.md)")
+    p.add_argument("--click-guarantee", type=float, default=None, metavar="R",
+                   help="post-hoc rule: every click holds its class within R voxels (default: off)")
     p.set_defaults(func=_cmd_predict_prompted)
 
 

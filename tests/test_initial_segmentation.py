@@ -143,3 +143,28 @@ def test_the_initial_segmentation_is_the_first_corrections_mask_prompt_exactly(s
         check_initial_segmentation(drawn[..., 0], drawn.shape, lm, dataset_json["labels"])
     with pytest.raises(InitialSegmentationError, match="holds non-integer values"):
         check_initial_segmentation(drawn + 0.5, drawn.shape, lm, dataset_json["labels"])
+
+
+def test_a_click_flips_its_voxel_with_the_guarantee_rule(setup):  # noqa: F811
+    """The guarantee (a post-hoc rule, not the network): a network that ignores clicks (EchoNetwork returns its
+    mask prompt) still gives each clicked voxel, and its 1-voxel ball, the clicked class; earlier clicks stay."""
+    from sam_nnunet.inference.session import InteractiveSession, SessionError
+
+    predictor = _predictor(setup, EchoNetwork(), mirroring=False, gaussian=False)
+    image = np.random.default_rng(0).normal(size=(1, 14, 12, 10)).astype(np.float32) + 5
+    plain = InteractiveSession(predictor)
+    plain.set_image(image, {"spacing": [1.0, 1.0, 1.0]})
+    drawn = np.zeros((14, 12, 10), np.uint8)
+    drawn[2:8, 2:8, 2:8] = 1
+    plain.set_initial_segmentation(drawn)
+    assert plain.add_click([10, 9, 7], 2)[10, 9, 7] == 0  # the network ignores the click
+
+    session = InteractiveSession(predictor, click_guarantee=1)
+    session.set_image(image, {"spacing": [1.0, 1.0, 1.0]})
+    session.set_initial_segmentation(drawn)
+    mask = session.add_click([10, 9, 7], 2)
+    assert mask[10, 9, 7] == 2 and (mask == 2).sum() == 7  # the voxel and its 6 neighbours
+    mask = session.add_click([4, 4, 4], "anterior", positive=False)  # removing: background
+    assert mask[4, 4, 4] == 0 and mask[10, 9, 7] == 2 and (mask == 1).sum() == drawn.sum() - 7
+    with pytest.raises(SessionError, match="click_guarantee is None or a radius"):
+        InteractiveSession(predictor, click_guarantee=-1)

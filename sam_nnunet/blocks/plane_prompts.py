@@ -102,6 +102,17 @@ def pseudo_slices_crossed(boxes: torch.Tensor, axis: int, num_groups: int, pool:
     return (start < hi[..., None] + 1) & (start + pool > lo[..., None])
 
 
+def click_pseudo_slices(point_coords: torch.Tensor, axis: int, num_groups: int, pool: int, reach: int
+                        ) -> torch.Tensor:
+    """(B, num_groups, N) bool: pseudo-slice g (slices g * pool .. (g + 1) * pool - 1 along tensor axis ``axis``)
+    lies within ``reach`` pseudo-slices of the one holding click n (its voxel rounded to the nearest slice). A
+    3D click then reaches the slices near it in every orientation (``ZAP25DPromptedNetwork(click_reach=...)``)."""
+    voxel = torch.round(point_coords[..., axis - 2].float()).clamp(min=0)
+    own = torch.div(voxel, pool, rounding_mode="floor")  # (B, N)
+    groups = torch.arange(num_groups, device=point_coords.device, dtype=own.dtype)
+    return (groups[None, :, None] - own[:, None, :]).abs() <= reach
+
+
 def boxes_for_outputs(box_labels: torch.Tensor, num_masks: int, first_channel: int) -> torch.Tensor:
     """box_labels (B, M) (``2 * channel``, -1 empty; boxes are positive) -> (B, num_masks, M) bool: box m speaks to
     mask output j. A box says "class c is in here" and nothing about another class (SAM has no negative box)."""

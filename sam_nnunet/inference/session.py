@@ -42,16 +42,21 @@ class InteractiveSession:
       world_convention: "LPS" (ITK) or "RAS" (nibabel, Slicer) for world coordinates (any case; checked here and
         whenever it is set).
       merge: "progressive" (an interaction changes the mask only where the change is connected to it) or "none".
+      click_guarantee: None (default) or a radius in voxels: after every interaction each click so far holds its
+        class within it -- a post-hoc rule (``prompts.guarantee``), not the network's doing.
     """
 
     def __init__(self, predictor: PromptedPredictor, world_convention: str = "LPS",
-                 merge: str = "progressive") -> None:
+                 merge: str = "progressive", click_guarantee: Optional[float] = None) -> None:
         predictor.check_network_takes_clicks()
         if merge not in MERGES:
             raise SessionError(f"merge must be one of {', '.join(MERGES)}, not {merge!r}")
         self.predictor = predictor
         self.world_convention = world_convention  # checked by the property, before any image is set
         self.merge = merge
+        if click_guarantee is not None and not click_guarantee >= 0:
+            raise SessionError(f"click_guarantee is None or a radius in voxels >= 0, not {click_guarantee!r}")
+        self.click_guarantee = click_guarantee
         lm = predictor.label_manager
         self._channels = class_channels(predictor.dataset_json["labels"], lm.has_regions)
         self._data: Optional[torch.Tensor] = None
@@ -258,7 +263,8 @@ class InteractiveSession:
         refines = getattr(p.plain_network, "takes_boxes", False)
         previous = self._history[-1][1] if self._history and refines else None
         try:
-            logits = refine_case_prompts(p, self._data, prompts, self._properties, previous, self.merge).cpu()
+            logits = refine_case_prompts(p, self._data, prompts, self._properties, previous, self.merge,
+                                         self.click_guarantee).cpu()
         except ClickOutsideError as e:
             raise SessionError(str(e)) from None
         return self._push(prompts, logits)

@@ -49,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import is_fake
 
-from sam_nnunet.blocks.plane_prompts import (SAM_NOT_A_POINT, boxes_for_outputs, plane_mask_prompt, project_boxes,
-                                             project_clicks, pseudo_slices_crossed, sam_point_labels)
+from sam_nnunet.blocks.plane_prompts import (SAM_NOT_A_POINT, boxes_for_outputs, click_pseudo_slices,
+                                             plane_mask_prompt, project_boxes, project_clicks, pseudo_slices_crossed,
+                                             sam_point_labels)
 from sam_nnunet.networks.zap25d import CachedEmbeddings, PlaneEmbedding, ZAP25DNetwork
 
 MASK_PROMPT_CLAMP = 20.0  # SAM's mask input is a low-resolution logit map; keep saturated previous logits in range
@@ -70,11 +71,24 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
     frozen, as in the paper). Without prompts (nnU-Net's own validation and ``nnUNetv2_predict`` call
     ``network(x)``), or for a sample whose click and box slots are all empty, it is ZAP25DNetwork.
 
-    Arguments: those of ``ZAP25DNetwork``.
+    Arguments: those of ``ZAP25DNetwork``, and
+      click_reach: None (default; the paper, and every model trained before it existed): a click is given to every
+        pseudo-slice of each orientation, also to those far from it, where the structure need not be at its
+        in-plane position; r >= 0: only to the pseudo-slices within r of its own along each orientation's slice
+        axis, so a 3D click speaks to the slices near it in every plane and to no other (``click_pseudo_slices``).
+        A model predicts with the reach it was trained with (its plans record it).
     """
 
     takes_clicks = True  # forward(x, point_coords, point_labels); sam_nnunet.prompts.PromptedPredictor checks it
     takes_boxes = True   # ... boxes, box_labels, mask_prompt
+
+    def __init__(self, *args, click_reach: Optional[int] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if click_reach is not None and (isinstance(click_reach, bool) or int(click_reach) != click_reach
+                                        or click_reach < 0):
+            raise ValueError(f"ZAP25DPromptedNetwork: click_reach is None or a number of pseudo-slices >= 0, not "
+                             f"{click_reach!r}")
+        self.click_reach = None if click_reach is None else int(click_reach)
 
     def parameter_notes(self) -> Dict:
         return {**super().parameter_notes(),
@@ -124,6 +138,9 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
                 sparse, _ = self.prompt_encoder(points=(points, labels), boxes=None, masks=None)  # (B * k, N + 1, C)
                 present = torch.cat([labels != SAM_NOT_A_POINT, labels.new_ones(b * k, 1, dtype=torch.bool)], 1)
                 present = present.unflatten(0, (b, k)).unsqueeze(2).expand(-1, -1, groups, -1)  # (B, k, G, N + 1)
+                if self.click_reach is not None:
+                    near = click_pseudo_slices(point_coords, axis, groups, self.pool, self.click_reach)  # (B, G, N)
+                    present = torch.cat([present[..., :-1] & near[:, None], present[..., -1:]], -1)
                 if with_boxes:
                     m = boxes.shape[1]
                     sam_boxes = project_boxes(boxes.float(), spatial, axis, frame, self.plane_layout)  # (B, M, 4)
