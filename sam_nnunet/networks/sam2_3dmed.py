@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from sam_nnunet.blocks.background import prepend_background_logit
 from sam_nnunet.blocks.frames import HIERA_STRIDE, frame_geometry, frames_to_slices, slices_to_frames
 from sam_nnunet.blocks.sam2_propagation import propagate
 from sam_nnunet.decoders.boundary_fusion import BoundaryFusion3d
@@ -156,7 +157,7 @@ class SAM2_3dMedNetwork(SAMNetworkBase):
         segmentation, boundary = to_volume(segmentation), to_volume(boundary)
 
         fused = self.boundary_fusion(segmentation, boundary)
-        logits = fused if self.regions else torch.cat([torch.zeros_like(fused[:, :1]), fused], dim=1)
+        logits = fused if self.regions else prepend_background_logit(fused)
         if not self.training:
             return logits
         pooled = 0.5 * (passes[0].pooled + passes[1].pooled)                        # (B*K, D, C)

@@ -27,12 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from sam_nnunet.blocks.attention3d import window_attention_3d, window_attention_mask, window_layout
 from sam_nnunet.blocks.conv_adapter import ConvAdapter3d
 from sam_nnunet.blocks.inflated_patch_embed import InflatedPatchEmbed3d
 from sam_nnunet.blocks.padding import pad_to_multiple
 from sam_nnunet.blocks.position import volumetric_pos_embed
 from sam_nnunet.blocks.rel_pos import rel_pos_for_window
+from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.multiscale import MultiScaleDecoder3d
 from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
@@ -155,14 +155,29 @@ class SAM3DMedNetwork(SAMNetworkBase):
 
         # frozen: SAM's attention (qkv, proj, h/w relative positions), MLPs, absolute positions;
         # trained: the 3D patch embedding, block LayerNorms and everything added
-        self.vit.requires_grad_(False)
-        for block in self.vit.blocks:
-            block.norm1.requires_grad_(True)
-            block.norm2.requires_grad_(True)
+        freeze_all_but_norms(self.vit)
 
     # ---- geometry ------------------------------------------------------------------------------------------
     def _max_window(self, block_index: int) -> int:
         return self.global_window if block_index in self.global_blocks else self.local_window
+
+    def _block_kinds(self) -> List[str]:
+        """Each block's window layout: SAM's global blocks in global windows; every other windowed block shifts its
+        windows (Swin) so windows exchange information."""
+        kinds, local_count = [], 0
+        for i in range(len(self.vit.blocks)):
+            if i in self.global_blocks:
+                kinds.append("global")
+            else:
+                kinds.append("shifted" if local_count % 2 else "local")
+                local_count += 1
+        return kinds
+
+    def _window_tables(self, i: int, window: Tuple[int, int, int]):
+        """Block i's depth, h and w relative-position tables cropped to the window (SAM's distances kept)."""
+        attn = self.vit.blocks[i].attn
+        return tuple(rel_pos_for_window(table, w) for table, w in
+                     zip((self.rel_pos_d[i], attn.rel_pos_h, attn.rel_pos_w), window))
 
     @staticmethod
     def _depth_table(block: nn.Module, window: int) -> torch.Tensor:
@@ -203,28 +218,9 @@ class SAM3DMedNetwork(SAMNetworkBase):
         grid = tokens.shape[1:4]
         tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
 
-        layouts = {"global": window_layout(grid, self.global_window, False),
-                   "local": window_layout(grid, self.local_window, False),
-                   "shifted": window_layout(grid, self.local_window, True)}
-        masks = {k: window_attention_mask(lay, tokens.device, tokens.dtype) for k, lay in layouts.items()}
-        features: Dict[int, torch.Tensor] = {}
-        local_count = 0
-        for i, (block, adapter, rel_pos_d) in enumerate(zip(self.vit.blocks, self.adapters, self.rel_pos_d)):
-            if i in self.global_blocks:
-                kind = "global"
-            else:  # every other windowed block shifts its windows (Swin) so windows exchange information
-                kind = "shifted" if local_count % 2 else "local"
-                local_count += 1
-            layout = layouts[kind]
-            wd, wh, ww = layout.window
-            attn = block.attn
-            tokens = adapter(tokens)
-            tokens = tokens + window_attention_3d(
-                block.norm1(tokens), attn, rel_pos_for_window(rel_pos_d, wd), layout, masks[kind],
-                rel_pos_h=rel_pos_for_window(attn.rel_pos_h, wh), rel_pos_w=rel_pos_for_window(attn.rel_pos_w, ww))
-            tokens = tokens + block.mlp(block.norm2(tokens))
-            if i in self.taps:
-                features[i] = tokens.permute(0, 4, 1, 2, 3)
-            if i >= self.taps[-1]:
-                break
+        windows = {"global": (self.global_window, False), "local": (self.local_window, False),
+                   "shifted": (self.local_window, True)}
+        features = run_blocks_3d(tokens, self.vit.blocks, self.adapters, self._block_kinds(), windows, self.taps,
+                                 self._window_tables)
         return self.decoder([features[t] for t in self.taps], image, spatial)
+

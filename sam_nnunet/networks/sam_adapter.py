@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from sam_nnunet.blocks.adapters import SpatialAdapter3d
-from sam_nnunet.blocks.attention3d import window_attention_3d, window_attention_mask, window_layout
 from sam_nnunet.blocks.necks import Neck3d
 from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
 from sam_nnunet.blocks.patch_embed import SliceMergePatchEmbed3d
 from sam_nnunet.blocks.position import volumetric_pos_embed
+from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.mla import MultiLayerAggregationDecoder3d
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
@@ -81,10 +81,7 @@ class SAMAdapterNetwork(SAMNetworkBase):
 
         # frozen: SAM's patch embedding, absolute positions, attention, MLPs, h/w relative positions;
         # trained: block LayerNorms and everything added
-        self.vit.requires_grad_(False)
-        for block in self.vit.blocks:
-            block.norm1.requires_grad_(True)
-            block.norm2.requires_grad_(True)
+        freeze_all_but_norms(self.vit)
 
     @property
     def stride(self) -> int:
@@ -111,17 +108,10 @@ class SAMAdapterNetwork(SAMNetworkBase):
         grid = tokens.shape[1:4]
         tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
 
-        # two layouts: plain windows, and windows shifted by half a window (even blocks, as in the paper)
-        layouts = {shifted: window_layout(grid, self.max_window, shifted) for shifted in (False, True)}
-        masks = {s: window_attention_mask(lay, tokens.device, tokens.dtype) for s, lay in layouts.items()}
-        features = []
-        for i, (block, adapter, rel_pos_d) in enumerate(zip(self.vit.blocks, self.adapters, self.rel_pos_d)):
-            shifted = i % 2 == 0
-            tokens = adapter(tokens)
-            attended = window_attention_3d(block.norm1(tokens), block.attn, rel_pos_d, layouts[shifted],
-                                           masks[shifted])
-            tokens = tokens + attended
-            tokens = tokens + block.mlp(block.norm2(tokens))
-            if i in self.taps:
-                features.append(self.necks[len(features)](tokens.permute(0, 4, 1, 2, 3)))
-        return features
+        # plain windows, and windows shifted by half a window (even blocks, as in the paper); the depth table as
+        # it is and SAM's own h/w tables, all interpolated to the window by SAM's get_rel_pos
+        kinds = ["shifted" if i % 2 == 0 else "plain" for i in range(len(self.vit.blocks))]
+        windows = {"plain": (self.max_window, False), "shifted": (self.max_window, True)}
+        features = run_blocks_3d(tokens, self.vit.blocks, self.adapters, kinds, windows, self.taps,
+                                 lambda i, window: (self.rel_pos_d[i], None, None))
+        return [neck(features[tap]) for neck, tap in zip(self.necks, self.taps)]

@@ -29,6 +29,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from sam_nnunet.blocks.background import prepend_background_logit
 from sam_nnunet.blocks.padding import crop_to, pad_to_multiple
 from sam_nnunet.blocks.visual_sampler import VisualSamplerPromptEncoder3d
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS
@@ -135,7 +136,7 @@ class SAMAdapterPromptedNetwork(SAMAdapterNetwork):
             probabilities = torch.sigmoid(mask)
             channels = torch.arange(mask.shape[1], device=mask.device)
         else:  # labels: softmax with the background logit at 0 (the logits are relative to it)
-            probabilities = torch.softmax(torch.cat([torch.zeros_like(mask[:, :1]), mask], 1), 1)[:, 1:]
+            probabilities = torch.softmax(prepend_background_logit(mask), 1)[:, 1:]
             channels = torch.arange(1, mask.shape[1] + 1, device=mask.device)
         pad = [v for s, p in zip(reversed(mask.shape[2:]), reversed(padded)) for v in (0, p - s)]
         probabilities = F.adaptive_avg_pool3d(F.pad(probabilities, pad), features.shape[2:])  # padding: background
