@@ -167,12 +167,12 @@ def test_benchmark_rows_on_other_plans(tmp_path, monkeypatch):
             json.dumps({"configurations": {"3d_fullres": {}}}))
 
     monkeypatch.setattr(benchmark, "run_command", fake_plan)
-    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", output_dir=str(tmp_path / "out"),
+    s = BenchmarkSettings(dataset="Dataset004_Hippocampus", output_dir=str(tmp_path / "out"), threads=2,
                           trainers=["nnUNetTrainer", "nnUNetTrainer@nnUNetResEncUNetMPlans"])
     s.resolve_names()
     benchmark.check_inputs(s)  # the default plans exist; ResEnc M's are planned with its planner
-    assert commands == [["nnUNetv2_plan_and_preprocess", "-d", "004", "-c", "3d_fullres", "-pl",
-                         "nnUNetPlannerResEncM"]]
+    assert commands == [["nnUNetv2_plan_and_preprocess", "-d", "004", "-c", "3d_fullres", "-np", "2", "-npfp", "2",
+                         "-pl", "nnUNetPlannerResEncM"]]
     benchmark.check_inputs(s)
     assert len(commands) == 1  # planned once
     assert benchmark.encoder_for(BenchmarkSettings(dataset="d", trainers=[], encoders={"SAMAdapterTrainer": "x"}),

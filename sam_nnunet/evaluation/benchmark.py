@@ -135,8 +135,10 @@ def check_inputs(s: BenchmarkSettings) -> None:
             # nnUNet_n_proc_DA=0 is for training: nnU-Net's planner hands it to torch.set_num_threads, which refuses 0
             env = {k: v for k, v in os.environ.items() if not (k == "nnUNet_n_proc_DA" and v.strip() == "0")}
             try:
+                # as many processes as the benchmark's threads (nnU-Net's defaults, 8 and 4, swamp a small machine)
                 run_command(["nnUNetv2_plan_and_preprocess", "-d", s.dataset.split("_")[0][7:], "-c",
-                             s.configuration, *planning_arguments(preset, s.target_spacing)], env, log)
+                             s.configuration, "-np", s.threads or 1, "-npfp", s.threads or 1,
+                             *planning_arguments(preset, s.target_spacing)], env, log)
             except CommandFailed as e:
                 raise ValueError(f"planning {plans} for {row} failed (log: {log}): {e}") from None
         if not os.path.isfile(plans_file):
