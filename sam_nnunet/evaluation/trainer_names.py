@@ -16,6 +16,7 @@ from sam_nnunet.encoders.registry import ENCODERS
 from sam_nnunet.nnunet_env import EXT_TRAINER, ext_trainer_dir
 from sam_nnunet.trainers import schedules, scales
 from sam_nnunet.trainers.budget import TimeBudgetMixin
+from sam_nnunet.trainers.fusion import nnUNetTrainerSAMFusion
 from sam_nnunet.trainers.registry import find_trainer_class
 from sam_nnunet.trainers.short_run import nnUNetTrainerShortRun
 
@@ -23,13 +24,14 @@ _CLASS = re.compile(r"^class\s+(\w+)\s*[(:]", re.MULTILINE)
 
 
 def sam_nnunet_trainers() -> Dict[str, type]:
-    """Every trainer sam-nnunet puts on nnU-Net's ``-tr``: methods, prompted variants, scales, schedules and the
-    shortened nnU-Net baseline."""
+    """Every trainer sam-nnunet puts on nnU-Net's ``-tr``: methods, prompted variants, scales, schedules, the
+    shortened nnU-Net baseline and the fusion trainer."""
     names = {n: find_trainer_class(n) for n in scales.__all__}
     names.update({n: getattr(schedules, n) for n in schedules.__all__})
     from sam_nnunet.trainers.registry import trainer_classes
     names.update(trainer_classes())
     names[nnUNetTrainerShortRun.__name__] = nnUNetTrainerShortRun
+    names[nnUNetTrainerSAMFusion.__name__] = nnUNetTrainerSAMFusion
     return names
 
 
