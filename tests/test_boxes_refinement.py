@@ -260,6 +260,7 @@ def test_simulated_rounds_run_the_encoder_once_and_add_one_correction_click_each
     trainer.network, trainer.is_ddp, trainer.device = net, False, torch.device("cpu")
     trainer.label_manager = types.SimpleNamespace(has_regions=False, ignore_label=None, num_segmentation_heads=3)
     trainer.refine_probability, trainer.max_refine_rounds = 1.0, 3
+    trainer.imperfect_mask_probability = 0.0  # the model's own predictions only (imperfect starts: test_imperfect)
     encoder_calls, decoded = [], []
     encode = net.encoder.forward
     monkeypatch.setattr(net.encoder, "forward", lambda g: encoder_calls.append(g.shape[0]) or encode(g))

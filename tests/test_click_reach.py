@@ -1,4 +1,4 @@
-"""A 3D click carried to the slices near it in every plane (``ZAP25DPromptedNetwork(click_reach=r)``): with a reach
+"""A 3D click carried to the slices near it in every plane (``ZAP25DPromptedNetwork(click_slice_reach=r)``): with a reach
 the click is on the pseudo-slices within r of its own along each orientation and on no other, so voxels whose
 pseudo-slices are all farther do not depend on it; without (None, the paper and older models) every pseudo-slice of
 every orientation gets it."""
@@ -20,7 +20,7 @@ def test_click_pseudo_slices():
 
 def _net(reach):
     torch.manual_seed(0)
-    net = ZAP25DPromptedNetwork(1, 3, "vit_test", window_size=4, click_reach=reach).eval()
+    net = ZAP25DPromptedNetwork(1, 3, "vit_test", window_size=4, click_slice_reach=reach).eval()
     with torch.no_grad():
         for p in net.prompt_encoder.parameters():
             p.normal_()
@@ -48,5 +48,5 @@ def test_far_voxels_do_not_depend_on_a_click_within_reach_only(reach):
 
 
 def test_reach_is_checked():
-    with pytest.raises(ValueError, match="click_reach is None or a number of pseudo-slices >= 0"):
-        ZAP25DPromptedNetwork(1, 3, "vit_test", window_size=4, click_reach=-1)
+    with pytest.raises(ValueError, match="click_slice_reach is None or a number of pseudo-slices >= 0"):
+        ZAP25DPromptedNetwork(1, 3, "vit_test", window_size=4, click_slice_reach=-1)

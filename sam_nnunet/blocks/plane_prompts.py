@@ -106,7 +106,7 @@ def click_pseudo_slices(point_coords: torch.Tensor, axis: int, num_groups: int, 
                         ) -> torch.Tensor:
     """(B, num_groups, N) bool: pseudo-slice g (slices g * pool .. (g + 1) * pool - 1 along tensor axis ``axis``)
     lies within ``reach`` pseudo-slices of the one holding click n (its voxel rounded to the nearest slice). A
-    3D click then reaches the slices near it in every orientation (``ZAP25DPromptedNetwork(click_reach=...)``)."""
+    3D click then reaches the slices near it in every orientation (``ZAP25DPromptedNetwork(click_slice_reach=...)``)."""
     voxel = torch.round(point_coords[..., axis - 2].float()).clamp(min=0)
     own = torch.div(voxel, pool, rounding_mode="floor")  # (B, N)
     groups = torch.arange(num_groups, device=point_coords.device, dtype=own.dtype)

@@ -72,7 +72,7 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
     ``network(x)``), or for a sample whose click and box slots are all empty, it is ZAP25DNetwork.
 
     Arguments: those of ``ZAP25DNetwork``, and
-      click_reach: None (default; the paper, and every model trained before it existed): a click is given to every
+      click_slice_reach: None (default; the paper, and every model trained before it existed): a click is given to every
         pseudo-slice of each orientation, also to those far from it, where the structure need not be at its
         in-plane position; r >= 0: only to the pseudo-slices within r of its own along each orientation's slice
         axis, so a 3D click speaks to the slices near it in every plane and to no other (``click_pseudo_slices``).
@@ -82,13 +82,13 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
     takes_clicks = True  # forward(x, point_coords, point_labels); sam_nnunet.prompts.PromptedPredictor checks it
     takes_boxes = True   # ... boxes, box_labels, mask_prompt
 
-    def __init__(self, *args, click_reach: Optional[int] = None, **kwargs) -> None:
+    def __init__(self, *args, click_slice_reach: Optional[int] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if click_reach is not None and (isinstance(click_reach, bool) or int(click_reach) != click_reach
-                                        or click_reach < 0):
-            raise ValueError(f"ZAP25DPromptedNetwork: click_reach is None or a number of pseudo-slices >= 0, not "
-                             f"{click_reach!r}")
-        self.click_reach = None if click_reach is None else int(click_reach)
+        if click_slice_reach is not None and (isinstance(click_slice_reach, bool) or int(click_slice_reach) != click_slice_reach
+                                        or click_slice_reach < 0):
+            raise ValueError(f"ZAP25DPromptedNetwork: click_slice_reach is None or a number of pseudo-slices >= 0, not "
+                             f"{click_slice_reach!r}")
+        self.click_slice_reach = None if click_slice_reach is None else int(click_slice_reach)
 
     def parameter_notes(self) -> Dict:
         return {**super().parameter_notes(),
@@ -138,8 +138,8 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
                 sparse, _ = self.prompt_encoder(points=(points, labels), boxes=None, masks=None)  # (B * k, N + 1, C)
                 present = torch.cat([labels != SAM_NOT_A_POINT, labels.new_ones(b * k, 1, dtype=torch.bool)], 1)
                 present = present.unflatten(0, (b, k)).unsqueeze(2).expand(-1, -1, groups, -1)  # (B, k, G, N + 1)
-                if self.click_reach is not None:
-                    near = click_pseudo_slices(point_coords, axis, groups, self.pool, self.click_reach)  # (B, G, N)
+                if self.click_slice_reach is not None:
+                    near = click_pseudo_slices(point_coords, axis, groups, self.pool, self.click_slice_reach)  # (B, G, N)
                     present = torch.cat([present[..., :-1] & near[:, None], present[..., -1:]], -1)
                 if with_boxes:
                     m = boxes.shape[1]

@@ -17,6 +17,7 @@ from torch import nn
 from sam_nnunet.prompts.boxes import sample_boxes_from_target
 from sam_nnunet.prompts.clicks import NO_CLICK, sample_clicks_from_target
 from sam_nnunet.prompts.corrections import correction_click, mask_prompt, region_correction_click
+from sam_nnunet.prompts.imperfect import imperfect_start
 
 
 class ClickBoundNetwork(nn.Module):
@@ -57,6 +58,11 @@ class PromptedTrainerMixin:
         then trains on the last round's prompts and mask;
       rounds_reuse_encoding: the step itself trains from that encoding (a frozen encoder: the same values), else it
         runs the encoder again on the patch (an encoder that trains).
+      imperfect_mask_probability: share of those refinement steps whose first round starts, instead of from the
+        network's own prediction, from an imperfect mask of each prompted patch (its label eroded / dilated / shifted,
+        or another patch's; ``prompts.imperfect``) given as the previous mask, with one correction click per class at
+        its largest error in place of the patch's first prompts (the "initial+clicks" use: correcting nnU-Net's or
+        anyone's segmentation); the remaining rounds as above. Prompt-free patches stay prompt-free.
     """
     train_positive_clicks: int = 10
     train_min_positive_clicks: Optional[int] = None
@@ -75,6 +81,7 @@ class PromptedTrainerMixin:
     refine_probability: float = 0.0
     max_refine_rounds: int = 3
     rounds_reuse_encoding: bool = False
+    imperfect_mask_probability: float = 0.0
 
     def sample_clicks(self, target: torch.Tensor, training: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         if isinstance(target, list):  # deep supervision: full resolution first
@@ -121,6 +128,9 @@ class PromptedTrainerMixin:
         active = (prompts["point_labels"] >= 0).any(1)
         if "box_labels" in prompts:
             active = active | (prompts["box_labels"] >= 0).any(1)
+        if float(torch.rand(())) < self.imperfect_mask_probability:
+            prompts = self._imperfect_start(prompts, target, active)
+            rounds -= 1  # the imperfect mask and its corrections are the first round
         with torch.no_grad():
             data = batch["data"].to(self.device, non_blocking=True)
             encoded = net.encoded(data)  # the encoder once for every round
@@ -129,6 +139,21 @@ class PromptedTrainerMixin:
                 prompts = {**prompts, **self._with_corrections(prompts, logits, target, active),
                            "mask_prompt": mask_prompt(logits, has_regions, dim=1).detach()}
         return ({**batch, "data": encoded} if self.rounds_reuse_encoding else batch), prompts
+
+    def _imperfect_start(self, prompts: dict, target: np.ndarray, active: torch.Tensor) -> dict:
+        """The prompts of a batch whose prompted patches start from an imperfect mask with its correction clicks
+        (their first prompts, clicks and boxes, dropped); the prompt-free ones keep no prompt."""
+        lm = self.label_manager
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()))  # torch's seed drives the draw: one source of randomness
+        mask, coords, labels = imperfect_start(target, lm.num_segmentation_heads, lm.has_regions,
+                                               active.cpu().numpy(), np.random.default_rng(seed), lm.ignore_label)
+        device = prompts["point_coords"].device
+        out = {**prompts, "point_coords": torch.from_numpy(coords).to(device),
+               "point_labels": torch.from_numpy(labels).to(device),
+               "mask_prompt": torch.from_numpy(mask).to(device)}
+        if "box_labels" in prompts:
+            out["box_labels"] = torch.full_like(prompts["box_labels"], NO_CLICK)
+        return out
 
     def _with_corrections(self, prompts: dict, logits: torch.Tensor, target: np.ndarray, active: torch.Tensor
                           ) -> dict:
@@ -184,11 +209,15 @@ class PromptedTrainerMixin:
         if self.refine_probability > 0:
             protocol += (f"; {self.refine_probability:.0%} of the steps after 1-{self.max_refine_rounds} simulated "
                          f"correction rounds with the previous mask")
+            if self.imperfect_mask_probability > 0:
+                protocol += (f", {self.imperfect_mask_probability:.0%} of them starting from an imperfect mask "
+                             f"(eroded / dilated / shifted label, a neighbour's) with a click per class")
         return protocol
 
     def initialize(self):
         super().initialize()
-        if (self.train_box_probability > 0 or self.refine_probability > 0) and \
+        if (self.train_box_probability > 0 or self.refine_probability > 0 or
+                self.imperfect_mask_probability > 0) and \
                 not getattr(self.sam_network, "takes_boxes", False):
             raise ValueError(f"{type(self).__name__} trains with boxes or refinement rounds, but its network "
                              f"{type(self.sam_network).__name__} takes neither; set train_box_probability and "

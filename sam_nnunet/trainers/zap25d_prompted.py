@@ -13,8 +13,9 @@ class ZAP25DSAMTrainer_prompted(PromptedTrainerMixin, ZAP25DSAMTrainer):
     trainable set of ZAP25DSAMTrainer; recipe otherwise ZAP25DSAMTrainer's.
 
     Boxes and refinement (not in the paper; MedSAM's boxes, SAM's and nnInteractive's interaction rounds; see
-    ``PromptedTrainerMixin``): boxes on half of the prompted patches, half of the steps after 1-3 correction rounds;
-    the frozen encoder's output of the rounds is what the step trains from.
+    ``PromptedTrainerMixin``): boxes on half of the prompted patches, half of the steps after 1-3 correction rounds,
+    half of those starting from an imperfect mask (issue 35); the frozen encoder's output of the rounds is what the
+    step trains from.
     """
     network_class = "sam_nnunet.networks.zap25d_prompted.ZAP25DPromptedNetwork"
     train_positive_clicks = 3
@@ -30,3 +31,6 @@ class ZAP25DSAMTrainer_prompted(PromptedTrainerMixin, ZAP25DSAMTrainer):
     refine_probability = 0.5
     max_refine_rounds = 3
     rounds_reuse_encoding = True  # the encoder is frozen
+    # issue 35: half of the refinement steps start from an imperfect mask (eroded / dilated / shifted label, a
+    # neighbour's) with a correction click per class, as correcting nnU-Net's or anyone's segmentation does
+    imperfect_mask_probability = 0.5
