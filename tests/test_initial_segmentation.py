@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from torch import nn
 from test_interaction import model_folder  # noqa: F401  (the tiny ZAP25DSAMTrainer_prompted model folder)
 from test_session import EchoNetwork, _predictor, setup  # noqa: F401
 
@@ -168,3 +169,26 @@ def test_a_click_flips_its_voxel_with_the_guarantee_rule(setup):  # noqa: F811
     assert mask[4, 4, 4] == 0 and mask[10, 9, 7] == 2 and (mask == 1).sum() == drawn.sum() - 7
     with pytest.raises(SessionError, match="click_guarantee is None or a radius"):
         InteractiveSession(predictor, click_guarantee=-1)
+
+
+def test_clicked_tiles_without_a_prompt_keep_the_previous_mask(setup):  # noqa: F811
+    """tiles="clicked": a tile no prompt reaches is not predicted; in a round with a previous mask (an initial
+    segmentation) it gives that mask back instead of background, also without the progressive merge."""
+
+    class Zeros(nn.Module):
+        takes_clicks = takes_boxes = True
+
+        def forward(self, x, point_coords=None, point_labels=None, boxes=None, box_labels=None, mask_prompt=None):
+            return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    predictor = _predictor(setup, Zeros(), tiles="clicked", mirroring=False, gaussian=False)
+    pm, cm, dataset_json = setup
+    image = np.random.default_rng(0).normal(size=(1, 40, 30, 12)).astype(np.float32) + 5  # several 16^3 tiles
+    data, _, properties = cm.preprocessor_class(verbose=False).run_case_npy(image, None, {"spacing": [1.0] * 3},
+                                                                             pm, cm, dataset_json)
+    drawn = np.zeros((40, 30, 12), np.uint8)
+    drawn[30:38, 20:28, 2:10] = 2  # far from the click's tile
+    logits = initial_logits(drawn, properties, data.shape[1:], pm, cm, predictor.label_manager)
+    click = CasePrompts.of(points=[[2, 2, 2]], labels=[click_label(1)])
+    out = predict_rounds(predictor, torch.from_numpy(data), click, properties, "none", logits).argmax(0).numpy()
+    np.testing.assert_array_equal(out[24:], drawn[24:])  # tiles the click does not reach

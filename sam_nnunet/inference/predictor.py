@@ -9,7 +9,8 @@ export. What changes:
   - which tiles are predicted (``tiles``):
       "all"      every tile; tiles without a click are segmented automatically (no clicks);
       "clicked"  only tiles holding a click; the others are background (ZAP-2.5DSAM's test protocol: windows
-                 without a prompt return zero logits);
+                 without a prompt return zero logits) or, in a refinement round, the previous mask (issue 35: an
+                 initial segmentation stays where no prompt reaches);
       "centred"  a single tile centred on the bounding box of all clicks; the rest is background (3DSAM-adapter's
                  test protocol: one patch around the clicks).
     Zero logits mean background (softmax argmax picks class 0; sigmoid 0.5 is not above the threshold) and leave
@@ -189,8 +190,18 @@ class PromptedPredictor(SafeCheckpointPredictor):
             start = tuple(s.start for s in tile[1:])
             prompts = self._clicks_in(start, size)
             if self.tiles == "clicked" and prompts.empty:
-                return x.new_zeros((x.shape[0], self.label_manager.num_segmentation_heads, *size))
+                return self._unprompted_tile(x, prompts.mask)
         return self.mirror_and_predict(x, prompts.coords, prompts.labels, prompts, start)
+
+    def _unprompted_tile(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """A tile that "clicked" does not predict: zero logits, or, where a previous mask is given (a refinement
+        round, an initial segmentation), logits that give that mask back (label-based: background logit 0 and the
+        mask logits, which are relative to it), so a round without a prompt in a tile keeps what was there."""
+        logits = x.new_zeros((x.shape[0], self.label_manager.num_segmentation_heads, *x.shape[2:]))
+        if mask is not None:
+            first = 0 if self.label_manager.has_regions else 1
+            logits[:, first:] = mask[None].to(logits.device, logits.dtype)
+        return logits
 
     def _network_input(self, x: torch.Tensor, key):
         """The tile itself, or (``embedding_cache``) the frozen encoder's output for it, computed once per key."""
