@@ -177,6 +177,10 @@ def test_benchmark_rows_on_other_plans(tmp_path, monkeypatch):
     assert len(commands) == 1  # planned once
     assert benchmark.encoder_for(BenchmarkSettings(dataset="d", trainers=[], encoders={"SAMAdapterTrainer": "x"}),
                                  "SAMAdapterTrainer@nnUNetResEncUNetMPlans")["encoder"] == "x"
+    own = BenchmarkSettings(dataset="d", trainers=[], encoders={"SAMAdapterTrainer": "x",
+                                                                "SAMAdapterTrainer@nnUNetResEncUNetMPlans": "y"})
+    assert [benchmark.encoder_for(own, t)["encoder"] for t in ("SAMAdapterTrainer",
+                                                               "SAMAdapterTrainer@nnUNetResEncUNetMPlans")] == ["x", "y"]
     with pytest.raises(ValueError, match="twice"):
         BenchmarkSettings(dataset="d", trainers=["nnUNetTrainer", "nnUNetTrainer"]).resolve_names()
 

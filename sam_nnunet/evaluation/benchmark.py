@@ -158,11 +158,12 @@ def encoder_for(s: BenchmarkSettings, trainer: str) -> Dict[str, Optional[str]]:
     """The encoder and checkpoint a trainer runs with. ``Trainer=NAME`` names its own; an encoder given for all
     (``--encoder vit_b``) goes to the trainers that adapt its family, and the others (SAM 2's) keep their default
     encoder, so one name serves a run over every trainer."""
-    trainer = parse_row(trainer).trainer  # a row on other plans takes its trainer's encoder
-    encoder = s.encoders.get(trainer)
+    row, trainer = trainer, parse_row(trainer).trainer  # a row on other plans: its own entry, else its trainer's
+    encoder = s.encoders.get(row, s.encoders.get(trainer))
     if encoder is None and s.encoders.get("*") is not None and _adapts(trainer, s.encoders["*"]):
         encoder = s.encoders["*"]
-    return {"encoder": encoder, "checkpoint": s.checkpoints.get(trainer, s.checkpoints.get("*"))}
+    return {"encoder": encoder,
+            "checkpoint": s.checkpoints.get(row, s.checkpoints.get(trainer, s.checkpoints.get("*")))}
 
 
 def _adapts(trainer: str, encoder: str) -> bool:
