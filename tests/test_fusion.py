@@ -79,6 +79,8 @@ def test_gradients_reach_the_projections_and_training_moves_away_from_nnunet():
         assert not torch.allclose(fusion(x)[0], unet(x)[0])
     assert default_fusion_stage([[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]) == 3
     assert default_fusion_stage([[1, 1, 1], [1, 2, 2], [2, 2, 2]]) == 2  # no stage at 8: the deepest
+    # anisotropic plans: the in-plane stride of the slices decides ([1, 8, 8] at stage 3)
+    assert default_fusion_stage([[1, 1, 1], [1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]) == 3
 
 
 def _toy_plans(kind: str) -> dict:

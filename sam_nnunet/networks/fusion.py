@@ -57,12 +57,13 @@ def cumulative_strides(strides: Sequence) -> List[List[int]]:
     return out
 
 
-def default_fusion_stage(strides: Sequence, target: int = 8) -> int:
-    """The stage the encoder's features join by default: the first whose in-plane stride reaches ``target`` (8: a
-    LiteMedSAM token then covers 2 x 2 voxels of the slice), else the deepest stage."""
+def default_fusion_stage(strides: Sequence, target: int = 8, axis: int = 0) -> int:
+    """The stage the encoder's features join by default: the first whose in-plane stride (the two axes other than
+    the slice ``axis``) reaches ``target`` (8: a LiteMedSAM token then covers 2 x 2 voxels of a slice), else the
+    deepest stage."""
     total = cumulative_strides(strides)
     for i, s in enumerate(total):
-        if min(s) >= target:
+        if min(v for a, v in enumerate(s) if a != axis) >= target:
             return i
     return len(total) - 1
 

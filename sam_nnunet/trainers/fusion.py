@@ -55,7 +55,8 @@ class nnUNetTrainerSAMFusion(SAMTrainerBase):
         requires_import = list(arch.get("_kw_requires_import", []))
         # nnU-Net's arguments stay at the top level, where nnU-Net reads them (strides: deep-supervision scales)
         self.network_kwargs = {"unet_class": unet_class, **kwargs,
-                               "fusion_stages": [default_fusion_stage(kwargs["strides"], self.fusion_target_stride)],
+                               "fusion_stages": [default_fusion_stage(kwargs["strides"], self.fusion_target_stride,
+                                                                     self.fusion_axes[0])],
                                "fusion_axes": list(self.fusion_axes)}
         super()._write_architecture_into_plans(encoder)
         config = self.plans_manager.plans["configurations"][self.configuration_name]
