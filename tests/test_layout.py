@@ -59,6 +59,17 @@ def test_no_folder_imports_a_higher_one():
     assert not upward, "\n".join(upward)
 
 
+# blocks are built from what their caller passes in (an encoder's modules or tensors), never from an encoder they
+# import; left: pseudo_slices.py builds the frozen ZAP encoders itself (networks/zap25d.py imports its builder)
+BLOCKS_THAT_IMPORT_ENCODERS = {"blocks/pseudo_slices.py"}
+
+
+def test_blocks_do_not_import_encoders():
+    importing = {str(p.relative_to(PACKAGE)) for p, tree in _modules() if _unit(p) == "blocks"
+                 for node in ast.walk(tree) if "encoders" in _imported_units(node)}
+    assert importing == BLOCKS_THAT_IMPORT_ENCODERS, sorted(importing ^ BLOCKS_THAT_IMPORT_ENCODERS)
+
+
 def test_at_most_five_function_level_imports_of_the_package_outside_the_cli():
     hidden = [f"{p.relative_to(PACKAGE)}:{node.lineno}"
               for p, tree in _modules() if p.name != "cli.py"

@@ -11,10 +11,9 @@ from segment_anything.modeling.image_encoder import PatchEmbed
 from helpers import make_trainer
 from sam_nnunet.blocks.conv_adapter import ConvAdapter3d
 from sam_nnunet.blocks.inflated_patch_embed import InflatedPatchEmbed3d, fold_upsampling_into_kernel
-from sam_nnunet.blocks.rel_pos import rel_pos_for_window
 from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder
-from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d
+from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d, rel_pos_for_window
 from sam_nnunet.networks.sam3dmed import SAM3DMedNetwork, deep_supervision_scales, plan_token_levels
 from sam_nnunet.trainers.sam3dmed import SAM3DMedTrainer
 
@@ -47,7 +46,7 @@ def test_3d_patch_embedding_of_identical_slices_is_sams_embedding(stride):
     16 / stride (the slice itself at stride 16): the pretrained patch embedding carries over exactly."""
     sam = _sam_patch_embed()
     ours = InflatedPatchEmbed3d(8, stride).double()
-    ours.load_sam_kernel(sam.proj.weight, sam.proj.bias)
+    ours.load_inflated_kernel(inflate_conv2d_to_3d(sam.proj.weight, stride[0]), sam.proj.bias)
     torch.manual_seed(1)
     sd, sh, sw = stride
     image = torch.randn(1, 3, 5 * sh, 3 * sw, dtype=torch.float64)
@@ -67,7 +66,7 @@ def test_folded_kernel_equals_upsampling_then_inflated_16x16_kernel(stride):
     torch.manual_seed(2)
     w2d, bias = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     ours = InflatedPatchEmbed3d(6, stride).double()
-    ours.load_sam_kernel(w2d, bias)
+    ours.load_inflated_kernel(inflate_conv2d_to_3d(w2d, sd), bias)
     sd, sh, sw = stride
     x = torch.randn(2, 3, 3 * sd, 4 * sh, 5 * sw, dtype=torch.float64)
     up = F.interpolate(x, scale_factor=(1, 16 // sh, 16 // sw), mode="trilinear", align_corners=False)
@@ -81,8 +80,10 @@ def test_patch_embedding_kernel_shapes_and_errors():
     assert tuple(InflatedPatchEmbed3d(8, (2, 16, 16)).proj.weight.shape) == (8, 3, 2, 16, 16)
     with pytest.raises(ValueError, match="divide"):
         InflatedPatchEmbed3d(8, (4, 3, 3))
-    with pytest.raises(ValueError, match="inflates"):
-        embed.load_sam_kernel(torch.zeros(8, 3, 14, 14), torch.zeros(8))
+    with pytest.raises(ValueError, match="folds"):
+        embed.load_inflated_kernel(torch.zeros(8, 3, 4, 14, 14), torch.zeros(8))
+    with pytest.raises(ValueError, match="inflated over 4 slices"):
+        embed.load_inflated_kernel(torch.zeros(8, 3, 2, 16, 16), torch.zeros(8))
     with pytest.raises(ValueError, match="Conv3d weight"):
         fold_upsampling_into_kernel(torch.zeros(8, 3, 16, 16), (4, 4))
 

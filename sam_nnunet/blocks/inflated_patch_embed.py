@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d
-
 
 def bilinear_patch_operator(patch_size: int, factor: int, dtype=torch.float64) -> torch.Tensor:
     """The 1D linear upsampling by ``factor`` seen by one patch of ``patch_size`` upsampled samples.
@@ -92,14 +90,16 @@ class InflatedPatchEmbed3d(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(sd, kh, kw), stride=self.stride)
 
     @torch.no_grad()
-    def load_sam_kernel(self, weight_2d: torch.Tensor, bias: torch.Tensor) -> None:
-        """Initialise from SAM's ``patch_embed.proj`` (weight (C, in_chans, p, p), bias (C,))."""
-        expected = (self.proj.out_channels, self.proj.in_channels, self.patch_size, self.patch_size)
-        if tuple(weight_2d.shape) != expected or tuple(bias.shape) != expected[:1]:
-            raise ValueError(f"SAM patch embedding of shape {tuple(weight_2d.shape)} / {tuple(bias.shape)}; this "
-                             f"embedding inflates a {expected} kernel")
-        inflated = inflate_conv2d_to_3d(weight_2d.double(), self.stride[0], mode="average")
-        self.proj.weight.copy_(fold_upsampling_into_kernel(inflated, self.upsample).to(self.proj.weight.dtype))
+    def load_inflated_kernel(self, weight_3d: torch.Tensor, bias: torch.Tensor) -> None:
+        """Initialise from SAM's ``patch_embed.proj`` inflated over depth by the caller (weight (C, in_chans,
+        stride[0], p, p), ``encoders.surgery.inflate_conv2d_to_3d`` with mode "average"; bias (C,)). The kernel is
+        folded in float64: pass it in float64 for a result exact to float rounding of the parameters' dtype."""
+        expected = (self.proj.out_channels, self.proj.in_channels, self.stride[0], self.patch_size, self.patch_size)
+        if tuple(weight_3d.shape) != expected or tuple(bias.shape) != expected[:1]:
+            raise ValueError(f"SAM patch embedding of shape {tuple(weight_3d.shape)} / {tuple(bias.shape)}; this "
+                             f"embedding folds a {expected} kernel (SAM's inflated over {self.stride[0]} slices)")
+        folded = fold_upsampling_into_kernel(weight_3d.double(), self.upsample)
+        self.proj.weight.copy_(folded.to(self.proj.weight.dtype))
         self.proj.bias.copy_(bias.to(self.proj.bias.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,17 @@
 """Positional embeddings for volumetric tokens."""
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from sam_nnunet.encoders.surgery import resize_abs_pos_embed
 
+def volumetric_pos_embed(plane_pos_embed: torch.Tensor, depth_embed: torch.Tensor, depth: int) -> torch.Tensor:
+    """An in-plane absolute embedding plus a depth embedding interpolated along the slices.
 
-def volumetric_pos_embed(pos_embed_2d: torch.Tensor, depth_embed: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """SAM's 2D absolute embedding resized in-plane plus a depth embedding interpolated along the slices.
-
-    pos_embed_2d: (1, H0, W0, C) from SAM; depth_embed: (1, D0, C); grid: token grid (d, h, w).
+    plane_pos_embed: (1, h, w, C) on the token grid's plane (the caller resizes SAM's 2D embedding to it,
+    ``encoders.surgery.resize_abs_pos_embed``); depth_embed: (1, D0, C); depth: the grid's number of token slices d.
     Returns (1, d, h, w, C), broadcastable over the batch.
     """
-    d, h, w = (int(g) for g in grid)
-    plane = resize_abs_pos_embed(pos_embed_2d, (h, w))  # (1, h, w, C)
-    depth = depth_embed
-    if depth.shape[1] != d:
-        depth = F.interpolate(depth.transpose(1, 2), size=d, mode="linear", align_corners=False).transpose(1, 2)
-    return plane[:, None] + depth[:, :, None, None, :]
+    d = int(depth)
+    if depth_embed.shape[1] != d:
+        depth_embed = F.interpolate(depth_embed.transpose(1, 2), size=d, mode="linear",
+                                    align_corners=False).transpose(1, 2)
+    return plane_pos_embed[:, None] + depth_embed[:, :, None, None, :]

@@ -31,11 +31,11 @@ from sam_nnunet.blocks.conv_adapter import ConvAdapter3d
 from sam_nnunet.blocks.inflated_patch_embed import InflatedPatchEmbed3d
 from sam_nnunet.blocks.padding import pad_to_multiple
 from sam_nnunet.blocks.position import volumetric_pos_embed
-from sam_nnunet.blocks.rel_pos import rel_pos_for_window
 from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.multiscale import MultiScaleDecoder3d
 from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d, rel_pos_for_window, resize_abs_pos_embed
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.networks.token_grid import TokenGrid
 
@@ -198,7 +198,8 @@ class SAM3DMedNetwork(SAMNetworkBase):
             raise CheckpointError(f"{path} has no SAM patch embedding ({keys[0]}); it is not a SAM ViT checkpoint. "
                                   f"{WHERE_TO_GET}.")
         try:
-            self.patch_embed.load_sam_kernel(state_dict[keys[0]], state_dict[keys[1]])
+            inflated = inflate_conv2d_to_3d(state_dict[keys[0]].double(), self.token_stride[0], mode="average")
+            self.patch_embed.load_inflated_kernel(inflated, state_dict[keys[1]])
         except ValueError as e:
             raise CheckpointError(f"{path} does not match the model being built: {e}.") from None
         with torch.no_grad():
@@ -216,7 +217,8 @@ class SAM3DMedNetwork(SAMNetworkBase):
         image, spatial = pad_to_multiple(x, self.token_stride)
         tokens = self.patch_embed(self.channels(image))  # (B, d, h, w, C)
         grid = tokens.shape[1:4]
-        tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
+        tokens = tokens + volumetric_pos_embed(resize_abs_pos_embed(self.vit.pos_embed, grid[1:]), self.depth_embed,
+                                               grid[0])
 
         windows = {"global": (self.global_window, False), "local": (self.local_window, False),
                    "shifted": (self.local_window, True)}

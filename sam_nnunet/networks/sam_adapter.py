@@ -28,6 +28,7 @@ from sam_nnunet.blocks.position import volumetric_pos_embed
 from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.mla import MultiLayerAggregationDecoder3d
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.encoders.surgery import resize_abs_pos_embed
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.networks.token_grid import TokenGrid
 
@@ -106,7 +107,8 @@ class SAMAdapterNetwork(SAMNetworkBase):
         """Padded patch (B, C_in, D, H, W) -> the necks' feature maps, each (B, out_chans, D/4, H/4, W/4)."""
         tokens = self.token_embed(self.channels(image), self.vit.patch_embed)  # (B, d, h, w, C)
         grid = tokens.shape[1:4]
-        tokens = tokens + volumetric_pos_embed(self.vit.pos_embed, self.depth_embed, grid)
+        tokens = tokens + volumetric_pos_embed(resize_abs_pos_embed(self.vit.pos_embed, grid[1:]), self.depth_embed,
+                                               grid[0])
 
         # plain windows, and windows shifted by half a window (even blocks, as in the paper); the depth table as
         # it is and SAM's own h/w tables, all interpolated to the window by SAM's get_rel_pos
