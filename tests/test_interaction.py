@@ -226,3 +226,16 @@ def test_test_folder_with_an_initial_segmentation_adherence_and_the_guarantee(mo
         cli.main(["interaction", "-m", folder, "--test-folder", raw, "--prompts", "initial+clicks", "-o", out])
     with pytest.raises(SystemExit, match="needs imagesTs"):
         cli.main(["interaction", "-m", folder, "--test-folder", str(tmp_path), "-o", out])
+
+
+def test_fold_cases_from_a_perfect_initial_segmentation(model_folder, synthetic_dataset, tmp_path):
+    """initial+clicks on the fold's preprocessed cases, starting from the reference itself: Dice 1 at round 0 and
+    after it, no correction click (adherence undefined, 0 clicks)."""
+    folder, case = model_folder
+    out = str(tmp_path / "interaction.json")
+    cli.main(["interaction", "-m", folder, "--cases", case, "--prompts", "initial+clicks", "--rounds", "2",
+              "--initial-segmentation", os.path.join(synthetic_dataset["preprocessed"], "gt_segmentations"),
+              "-o", out])
+    rows = json.load(open(out))["rows"]
+    assert [r["dice"] for r in rows] == [1.0, 1.0, 1.0]
+    assert [r["clicks"] for r in rows] == [None, 0, 0] and all(r["adherence"] is None for r in rows)
