@@ -1,8 +1,10 @@
 """The one subprocess harness (demo, learning curve, benchmark): log, echo, progress callback, failures."""
+import os
 import sys
 
 import pytest
 
+from sam_nnunet import commands
 from sam_nnunet.commands import CommandFailed, console_script, run_command
 
 
@@ -24,9 +26,13 @@ def test_a_failing_command_names_its_status_and_the_end_of_its_log(tmp_path):
     run_command([sys.executable, "-c", "import sys; sys.exit(3)"], log=log, check=False)  # no raise
 
 
-def test_console_scripts_come_from_this_environment(capsys):
-    assert console_script("nnUNetv2_train").startswith(sys.prefix) or console_script("nnUNetv2_train").endswith(
-        "nnUNetv2_train")
-    assert console_script("no-such-tool-here") == "no-such-tool-here"
+def test_console_scripts_come_from_this_environment(capsys, tmp_path, monkeypatch):
+    # nnU-Net is installed with this package: its script is the one beside this interpreter, not one on the PATH
+    assert console_script("nnUNetv2_train") == os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    monkeypatch.setattr(commands, "BIN", str(tmp_path))
+    (tmp_path / "tool").write_text("")
+    assert console_script("tool") == str(tmp_path / "tool")
+    assert console_script("no-such-tool-here") == "no-such-tool-here"  # not in the environment: left to the PATH
+    assert console_script(os.path.join("sub", "tool")) == os.path.join("sub", "tool")  # a path stays a path
     run_command([sys.executable, "-c", "print(1)"])  # without a log: the line is echoed
     assert "$ " in capsys.readouterr().out

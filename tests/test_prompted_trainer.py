@@ -44,6 +44,7 @@ def test_train_and_validation_steps_pass_clicks_drawn_from_the_target(synthetic_
     assert all(np.isfinite(losses))
     assert not isinstance(trainer.network, ClickBoundNetwork)  # the binding lasts one step
     heads = trainer.label_manager.num_segmentation_heads  # background + 2 classes
+    assert len(seen) == len(losses)  # one forward per step, each with clicks
     for shape, (coords, labels) in seen:
         batch = shape[0]
         assert coords.shape == (batch, 10 * (heads - 1) + 20, 3) and labels.shape == (batch, 10 * (heads - 1) + 20)

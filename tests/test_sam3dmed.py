@@ -1,6 +1,7 @@
 """SAM3DMedTrainer (3DMedSAM): inflated 3D patch embedding, token geometry from the plan, network shapes and deep
 supervision, pretrained loading through the trainer, frozen weights through training, parameter counts."""
 import json
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from sam_nnunet.blocks.inflated_patch_embed import InflatedPatchEmbed3d, fold_up
 from sam_nnunet.encoders.checkpoint import CheckpointError
 from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder
 from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d, rel_pos_for_window
-from sam_nnunet.networks.sam3dmed import SAM3DMedNetwork, deep_supervision_scales, plan_token_levels
+from sam_nnunet.networks.sam3dmed import MAX_TOKENS, SAM3DMedNetwork, deep_supervision_scales, plan_token_levels
 from sam_nnunet.trainers.sam3dmed import SAM3DMedTrainer
 
 
@@ -101,9 +102,11 @@ def test_token_levels_come_from_the_plan():
     # too few stages in the plan: factors of 2 appended (depth only while it keeps >= 2 tokens)
     assert plan_token_levels([8, 16, 16], [[1, 1, 1], [2, 2, 2]]) == [[2, 2, 2], [2, 2, 2]]
     assert plan_token_levels([2, 16, 16], [[1, 1, 1]]) == [[1, 2, 2], [1, 2, 2]]
-    # never coarser in-plane than SAM's patch size
-    huge = plan_token_levels([512, 512, 512], [[1, 1, 1]] + [[2, 2, 2]] * 7)
-    assert [2 ** len(huge)] * 3 == [16, 16, 16]
+    # never coarser in-plane than SAM's patch size, even where the token budget asks for more
+    huge = plan_token_levels([1024, 1024, 1024], [[1, 1, 1]] + [[2, 2, 2]] * 7)
+    stride = [math.prod(f[a] for f in huge) for a in range(3)]
+    assert stride == [16, 16, 16]
+    assert math.prod(1024 // s for s in stride) > MAX_TOKENS  # 64^3 tokens: the cap stopped it, not the budget
 
 
 def test_rel_pos_tables_are_cropped_to_the_window():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import plans_with_patch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from sam_nnunet.inference.predict import CasePrompts, predict_rounds, resolve_case_prompts
@@ -39,9 +39,38 @@ class EchoNetwork(nn.Module):
         return logits
 
 
+def _plans(patch_size):
+    """A small hand-made 3d_fullres plan (1 mm, z-score, no transpose), what nnU-Net's planner writes for the
+    synthetic dataset but the patch: what the click predictor reads, without planning and preprocessing a dataset."""
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    configuration = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": list(patch_size), "median_image_size_in_voxels": [36.0, 44.0, 36.0], "spacing": [1.0] * 3,
+        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
+        "architecture": {"network_class_name": "EchoNetwork", "arch_kwargs": {}, "_kw_requires_import": []},
+        "batch_dice": False}
+    plans = {"dataset_name": "Dataset990_SAMDemo", "plans_name": "nnUNetPlans",
+             "original_median_spacing_after_transp": [1.0] * 3, "original_median_shape_after_transp": [36, 44, 36],
+             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+             "foreground_intensity_properties_per_channel": {"0": {
+                 "max": 243.4, "mean": 132.7, "median": 133.7, "min": 6.6, "percentile_00_5": 51.7,
+                 "percentile_99_5": 208.9, "std": 31.6}},
+             "configurations": {"3d_fullres": configuration}}
+    pm = PlansManager(plans)
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
+                    "numTraining": 8, "file_ending": ".nii.gz"}
+    return pm, pm.get_configuration("3d_fullres"), dataset_json
+
+
 @pytest.fixture(scope="module")
-def setup(synthetic_dataset):
-    return plans_with_patch(synthetic_dataset["preprocessed"], [16, 16, 16])
+def setup():
+    return _plans([16, 16, 16])
 
 
 def _predictor(setup, net, tiles="all", mirroring=True, gaussian=True):
