@@ -64,7 +64,8 @@ def test_interaction_rows_trained_and_zero_shot_in_one_file(model_folder, tmp_pa
     zero = [r for r in rows if not r["trained"]]
     assert {(r["trainer"], r["prompt"], r["round"]) for r in zero} == {(TRAINER + "+zero-shot", "box", 0)}
     assert all(set(r) == {"trainer", "trained", "prompt", "round", "dice", "merge", "clicks", "adherence",
-                          "adherence_positive", "adherence_negative", "changed_per_click"} for r in rows)
+                          "adherence_positive", "adherence_negative", "changed_per_click",
+                          "seconds_per_correction"} for r in rows)
     assert all(r["adherence"] is None for r in rows if r["round"] == 0)
     assert {r["merge"] for r in rows} == {"progressive"}
     assert all(r["dice"] is not None and 0 <= r["dice"] <= 1 for r in rows)  # every case has both classes

@@ -24,7 +24,10 @@ here with the model's plans (``interaction_cases``) -- and returns / writes ``in
 Click adherence (rounds >= 1): of the round's correction clicks, the share whose voxel holds the clicked class
 after the round (``prompts.adherence.click_adherence``: label-based, the clicked class, background for a removing
 click; regions inside / outside), split into positive (a foreground class or region) and negative (removing)
-clicks; ``changed_per_click``: voxels whose label changed in the round (native resolution) per click.
+clicks; ``changed_per_click``: voxels whose label changed in the round (native resolution) per click;
+``seconds_per_correction``: wall seconds of a case's correction round (the decoder on the cached encoder output,
+the merge, nnU-Net's export to native resolution), mean over the rounds that found the encoder's output cached (the
+first correction from an initial segmentation fills the cache, and is left out).
 
 ``trained=False`` (``zero_shot``): the model folder's network with the pretrained SAM / LiteMedSAM weights only
 (decoder untouched), the baseline a training has to beat. Dice here is computed in memory on nnU-Net's exported
@@ -32,6 +35,7 @@ segmentation at native resolution (2|A and B| / (|A| + |B|) per class; a class a
 """
 import copy
 import os
+import time
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -150,7 +154,8 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
         source = fold_cases(predictor, cases, initial_segmentation)
     classes = lm.foreground_regions if lm.has_regions else lm.foreground_labels
     per_case: Dict[str, Dict[str, List[float]]] = {p: {} for p in prompts}
-    counts = {p: np.zeros((rounds + 1, 5)) for p in prompts}  # clicks, followed, positive, positive followed, changed
+    # per round: clicks, followed, positive, positive followed, voxels changed, seconds, corrected cases
+    counts = {p: np.zeros((rounds + 1, 7)) for p in prompts}
 
     def segment(logits: torch.Tensor, properties: dict) -> np.ndarray:
         return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
@@ -195,12 +200,15 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
                     dice += [dice[-1]] * (rounds + 1 - r)
                     break
                 state = state.add(points=points, labels=labels, at_round=r)
+                warm = bool(predictor.embedding_cache)  # timed only with the encoder's output already cached
+                start = time.perf_counter()  # a correction: decoder (cached embeddings), merge, nnU-Net's export
                 logits = refine_case_prompts(predictor, case.data, state, case.properties, logits, merge,
                                              click_guarantee).cpu()
                 new = segment(logits, case.properties)
+                seconds = time.perf_counter() - start
                 followed, positive = click_adherence(new, points, labels, classes, lm.has_regions)
                 counts[kind][r] += [len(labels), followed.sum(), positive.sum(), (followed & positive).sum(),
-                                    (new != segmentation).sum()]
+                                    (new != segmentation).sum(), seconds if warm else 0, int(warm)]
                 segmentation = new
                 dice.append(foreground_dice(segmentation, reference, classes, lm.has_regions, ignore))
             per_case[kind][case.name] = dice
@@ -231,16 +239,18 @@ def evaluate_interaction(model_folder: str, fold: Union[int, str] = 0, prompts: 
 
 
 def adherence_fields(count: Optional[np.ndarray]) -> dict:
-    """Row fields from (clicks, followed, positive, positive followed, voxels changed) (None: round 0)."""
+    """Row fields from (clicks, followed, positive, positive followed, voxels changed, seconds, corrections)
+    (None: round 0)."""
     if count is None or not count[0]:
         return {"clicks": 0 if count is not None else None, "adherence": None, "adherence_positive": None,
-                "adherence_negative": None, "changed_per_click": None}
-    clicks, followed, positive, positive_followed, changed = (float(v) for v in count)
+                "adherence_negative": None, "changed_per_click": None, "seconds_per_correction": None}
+    clicks, followed, positive, positive_followed, changed, seconds, corrections = (float(v) for v in count)
     negative = clicks - positive
     return {"clicks": int(clicks), "adherence": round(followed / clicks, 4),
             "adherence_positive": round(positive_followed / positive, 4) if positive else None,
             "adherence_negative": round((followed - positive_followed) / negative, 4) if negative else None,
-            "changed_per_click": round(changed / clicks, 1)}
+            "changed_per_click": round(changed / clicks, 1),
+            "seconds_per_correction": round(seconds / corrections, 3) if corrections else None}
 
 
 def merge_interaction_file(path: str, result: dict) -> dict:
