@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from sam_nnunet.encoders.checkpoint import CheckpointError, read_state_dict, sha256_of_file
+from sam_nnunet.encoders.checkpoint import CheckpointError, load_submodule_state, read_state_dict, sha256_of_file
 from sam_nnunet.encoders.pretrained import choose_encoder
 from sam_nnunet.encoders.registry import identify_checkpoint
-from sam_nnunet.encoders.sam_vit import (SAM_VIT_CONFIGS, build_sam_image_encoder, infer_sam_vit_variant,
-                                         load_submodule_state)
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, infer_sam_vit_variant
 
 
 def test_round_trip_official_layout(tiny_sam_checkpoint):

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
+from sam_nnunet.encoders.checkpoint import load_submodule_state
 from sam_nnunet.encoders.litemedsam import LITEMEDSAM, build_litemedsam_image_encoder
-from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder
 from sam_nnunet.encoders.surgery import resize_abs_pos_embed
 
 

@@ -1,4 +1,4 @@
-"""Reading foundation-model checkpoints as untrusted input.
+"""Reading foundation-model checkpoints as untrusted input, and loading their weights strictly into a module.
 
 A checkpoint is read with ``torch.load(..., weights_only=True)`` only: no arbitrary unpickling. Every way a user can
 point at the wrong file ends in a :class:`CheckpointError` whose message names the fix.
@@ -7,9 +7,12 @@ import hashlib
 import os
 import pickle
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+from torch import nn
+
+from sam_nnunet.encoders.surgery import adapt_state_dict_shapes
 
 # what a user reads when no real checkpoint is at hand
 WHERE_TO_GET = "see documentation/weights.md for where to download official SAM / MedSAM / SAM2 checkpoints"
@@ -131,3 +134,40 @@ def read_state_dict(path: Optional[str], env_var: str = "nnUNet_SAM_checkpoint",
             f"{str(e).splitlines()[0] if str(e) else 'no details'}). The file may be truncated or of another "
             f"format: download it again and check its size; {WHERE_TO_GET}.") from None
     return _unwrap(obj, path)
+
+
+def load_submodule_state(module: nn.Module, state: Dict[str, torch.Tensor], prefix: str,
+                         ignore_prefixes: Iterable[str] = (), path: str = "the checkpoint") -> list:
+    """Strictly load ``state[prefix*]`` into ``module``, resizing position tables to the module's grid.
+
+    Every parameter and buffer of ``module`` must come from the checkpoint, and every checkpoint key under
+    ``prefix`` must land in ``module`` unless it starts with one of ``ignore_prefixes`` (parts of SAM a method
+    deliberately drops, e.g. the 2D neck). Returns the list of resized tensors.
+    """
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise CheckpointError(f"{path} has no '{prefix}*' weights; it is not a checkpoint for this model; "
+                              f"{WHERE_TO_GET}.")
+    ignore = tuple(ignore_prefixes)
+    sub = {k: v for k, v in sub.items() if not k.startswith(ignore)}
+    target = module.state_dict()
+    sub, resized = adapt_state_dict_shapes(sub, {k: v.shape for k, v in target.items()})
+    missing = sorted(set(target) - set(sub))
+    unexpected = sorted(set(sub) - set(target))
+    wrong = sorted(k for k in set(sub) & set(target) if tuple(sub[k].shape) != tuple(target[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {prefix}{missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {prefix}{k}: checkpoint {tuple(sub[k].shape)}, "
+                         f"model {tuple(target[k].shape)})")
+        raise CheckpointError(
+            f"{path} does not match the model being built: {'; '.join(parts)}. The checkpoint is for another "
+            f"model or model size; use a checkpoint of the size named by nnUNet_SAM_encoder (or unset "
+            f"nnUNet_SAM_encoder so the size is taken from the checkpoint).")
+    module.load_state_dict({k: v.to(target[k].dtype) for k, v in sub.items()}, strict=True)
+    return resized

@@ -6,13 +6,14 @@ differences: every size also exists as a tiny random-weight ``vit_test`` for tes
 """
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
-from sam_nnunet.encoders.surgery import adapt_state_dict_shapes
+# load_submodule_state (encoders/checkpoint.py) stays importable from here: decoders/sam_mask.py and
+# networks/zap25d.py import it from this module
+from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET, load_submodule_state  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -99,41 +100,4 @@ def infer_sam_vit_variant(state: Dict[str, torch.Tensor], path: str = "the check
         f"{path} holds a ViT image encoder of width {embed_dim} and depth {depth}, which is none of the SAM sizes "
         f"{', '.join(f'{n} ({c.embed_dim}/{c.depth})' for n, c in SAM_VIT_CONFIGS.items())}. Use an official SAM "
         f"or MedSAM checkpoint; {WHERE_TO_GET}.")
-
-
-def load_submodule_state(module: nn.Module, state: Dict[str, torch.Tensor], prefix: str,
-                         ignore_prefixes: Iterable[str] = (), path: str = "the checkpoint") -> list:
-    """Strictly load ``state[prefix*]`` into ``module``, resizing position tables to the module's grid.
-
-    Every parameter and buffer of ``module`` must come from the checkpoint, and every checkpoint key under
-    ``prefix`` must land in ``module`` unless it starts with one of ``ignore_prefixes`` (parts of SAM a method
-    deliberately drops, e.g. the 2D neck). Returns the list of resized tensors.
-    """
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not sub:
-        raise CheckpointError(f"{path} has no '{prefix}*' weights; it is not a checkpoint for this model; "
-                              f"{WHERE_TO_GET}.")
-    ignore = tuple(ignore_prefixes)
-    sub = {k: v for k, v in sub.items() if not k.startswith(ignore)}
-    target = module.state_dict()
-    sub, resized = adapt_state_dict_shapes(sub, {k: v.shape for k, v in target.items()})
-    missing = sorted(set(target) - set(sub))
-    unexpected = sorted(set(sub) - set(target))
-    wrong = sorted(k for k in set(sub) & set(target) if tuple(sub[k].shape) != tuple(target[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {prefix}{missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {prefix}{k}: checkpoint {tuple(sub[k].shape)}, "
-                         f"model {tuple(target[k].shape)})")
-        raise CheckpointError(
-            f"{path} does not match the model being built: {'; '.join(parts)}. The checkpoint is for another "
-            f"model or model size; use a checkpoint of the size named by nnUNet_SAM_encoder (or unset "
-            f"nnUNet_SAM_encoder so the size is taken from the checkpoint).")
-    module.load_state_dict({k: v.to(target[k].dtype) for k, v in sub.items()}, strict=True)
-    return resized
 

@@ -33,8 +33,8 @@ from sam_nnunet.blocks.frames import HIERA_STRIDE, frame_geometry, frames_to_sli
 from sam_nnunet.blocks.sam2_propagation import propagate
 from sam_nnunet.decoders.boundary_fusion import BoundaryFusion3d
 from sam_nnunet.decoders.slice_position import SliceRelativePositionHead
+from sam_nnunet.encoders.checkpoint import load_submodule_state
 from sam_nnunet.encoders.sam2_hiera import SAM2_CONFIGS, build_sam2
-from sam_nnunet.encoders.sam_vit import load_submodule_state
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.networks.token_grid import TokenGrid
 

@@ -33,8 +33,8 @@ from sam_nnunet.blocks.padding import pad_to_multiple
 from sam_nnunet.blocks.position import volumetric_pos_embed
 from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.multiscale import MultiScaleDecoder3d
-from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET
-from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.encoders.checkpoint import CheckpointError, WHERE_TO_GET, load_submodule_state
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder
 from sam_nnunet.encoders.surgery import inflate_conv2d_to_3d, rel_pos_for_window, resize_abs_pos_embed
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.networks.token_grid import TokenGrid

@@ -27,7 +27,8 @@ from sam_nnunet.blocks.patch_embed import SliceMergePatchEmbed3d
 from sam_nnunet.blocks.position import volumetric_pos_embed
 from sam_nnunet.blocks.vit3d import freeze_all_but_norms, run_blocks_3d
 from sam_nnunet.decoders.mla import MultiLayerAggregationDecoder3d
-from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder, load_submodule_state
+from sam_nnunet.encoders.checkpoint import load_submodule_state
+from sam_nnunet.encoders.sam_vit import SAM_VIT_CONFIGS, build_sam_image_encoder
 from sam_nnunet.encoders.surgery import resize_abs_pos_embed
 from sam_nnunet.networks.base import SAMNetworkBase
 from sam_nnunet.networks.token_grid import TokenGrid
