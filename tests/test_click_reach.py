@@ -1,7 +1,7 @@
-"""A 3D click carried to the slices near it in every plane (``ZAP25DPromptedNetwork(click_slice_reach=r)``): with a reach
-the click is on the pseudo-slices within r of its own along each orientation and on no other, so voxels whose
-pseudo-slices are all farther do not depend on it; without (None, the paper and older models) every pseudo-slice of
-every orientation gets it."""
+"""A 3D click carried to the slices near it in every plane (``ZAP25DPromptedNetwork(click_slice_reach=r)``): with
+a reach the click is on the pseudo-slices within r of its own along each orientation and on no other, so voxels
+whose pseudo-slices are all farther do not depend on it; without (None, the paper and older models) every
+pseudo-slice of every orientation gets it."""
 import pytest
 import torch
 

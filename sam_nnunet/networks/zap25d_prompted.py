@@ -84,8 +84,8 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
 
     def __init__(self, *args, click_slice_reach: Optional[int] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if click_slice_reach is not None and (isinstance(click_slice_reach, bool) or int(click_slice_reach) != click_slice_reach
-                                        or click_slice_reach < 0):
+        reach = click_slice_reach
+        if reach is not None and (isinstance(reach, bool) or int(reach) != reach or reach < 0):
             raise ValueError(f"ZAP25DPromptedNetwork: click_slice_reach is None or a number of pseudo-slices >= 0, not "
                              f"{click_slice_reach!r}")
         self.click_slice_reach = None if click_slice_reach is None else int(click_slice_reach)
@@ -139,7 +139,8 @@ class ZAP25DPromptedNetwork(ZAP25DNetwork):
                 present = torch.cat([labels != SAM_NOT_A_POINT, labels.new_ones(b * k, 1, dtype=torch.bool)], 1)
                 present = present.unflatten(0, (b, k)).unsqueeze(2).expand(-1, -1, groups, -1)  # (B, k, G, N + 1)
                 if self.click_slice_reach is not None:
-                    near = click_pseudo_slices(point_coords, axis, groups, self.pool, self.click_slice_reach)  # (B, G, N)
+                    # (B, G, N): the pseudo-slices near each click
+                    near = click_pseudo_slices(point_coords, axis, groups, self.pool, self.click_slice_reach)
                     present = torch.cat([present[..., :-1] & near[:, None], present[..., -1:]], -1)
                 if with_boxes:
                     m = boxes.shape[1]
