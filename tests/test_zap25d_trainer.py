@@ -8,6 +8,7 @@ import torch
 from helpers import make_trainer
 
 from sam_nnunet.trainers import ZAP25DSAMTrainer
+from sam_nnunet.trainers.schedulers import WarmupCosineLR
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def test_recipe_frozen_weights_and_training_steps(synthetic_dataset, results, ti
     arch = trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]
     assert arch["network_class_name"] == "sam_nnunet.networks.zap25d.ZAP25DNetwork"
     assert arch["arch_kwargs"] == {"encoder": "vit_test", "upsample": 4, "pool": 4, "window_size": 16,
-                                   "plane_layout": 2, "background_channel": True,
+                                   "plane_layout": 2, "background_channel": True, "mask_token_source": None,
                                    "input_window": None}  # SAM ViT: the public code's input (encoders/contract.py)
     trainer.on_train_start()
     net = trainer.sam_network
@@ -76,3 +77,30 @@ def test_region_based_training_has_no_background_channel(synthetic_dataset, resu
     with torch.no_grad():
         out = trainer.network(torch.zeros(1, 1, 8, 8, 8))
     assert out.shape == (1, 2, 8, 8, 8)
+
+
+def test_the_budget_recipe_sets_the_lr_every_step_from_the_runs_progress(synthetic_dataset, results,
+                                                                          tiny_sam_checkpoint):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    results.setenv("nnUNet_SAM_checkpoint", tiny_sam_checkpoint[0])
+    cls = recursive_find_trainer_class_by_name("ZAP25DSAMTrainer_budget")
+    assert cls is not None and recursive_find_trainer_class_by_name("ZAP25DSAMTrainer_paper") is not None
+    trainer = make_trainer(cls, synthetic_dataset)
+    trainer.on_train_start()
+    schedule, optimizer = trainer.lr_scheduler, trainer.optimizer
+    assert trainer.initial_lr == pytest.approx(1e-3) and isinstance(schedule, WarmupCosineLR)
+    assert schedule.lr_at_progress(0.05) == pytest.approx(1e-3) and schedule.lr_at_progress(1.0) == pytest.approx(1e-5)
+    trainer.on_train_epoch_start()
+    lrs = []
+    for _ in range(2):
+        assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
+        lrs.append(optimizer.param_groups[0]["lr"])
+    total = trainer.num_epochs * trainer.num_iterations_per_epoch
+    assert lrs == pytest.approx([schedule.lr_at_progress(0), schedule.lr_at_progress(1 / total)])
+    assert lrs[1] > lrs[0]  # warming up
+    trainer.on_train_end()
+    # every output from the token the substituted encoder's decoder trained; SAM ViT keeps the published tokens
+    assert cls.encoder_kwargs("litemedsam")["mask_token_source"] == 0
+    assert cls.encoder_kwargs("vit_test")["mask_token_source"] is None
+    assert ZAP25DSAMTrainer.encoder_kwargs("litemedsam")["mask_token_source"] is None

@@ -42,6 +42,10 @@ from sam_nnunet.trainers.seeding import seed_training
 from sam_nnunet.trainers.schedulers import LinearDecayLR, WarmupCosineLR
 
 
+# network arguments newer than the first trained models: a resumed run that lacks one ran without it (None)
+ADDED_LATER = ("input_window", "mask_token_source")
+
+
 def check_settings() -> None:
     """``settings.check_all`` as one line for the user (every trainer and predictor calls it first)."""
     try:
@@ -211,9 +215,8 @@ class SAMTrainerBase(TimeBudgetMixin, nnUNetTrainer):
         # the plans saved to the model folder then name our network; nnU-Net's predictor rebuilds it from there
         defaults = {**self.encoder_kwargs(encoder), "input_window": self.input_window(encoder)}
         previous = self._architecture_of_previous_run()
-        if previous is not None:  # a resumed run keeps its values
-            defaults.update({k: previous[k] for k in defaults if k in previous})
-            defaults["input_window"] = previous.get("input_window")  # a run from before the contract had none
+        if previous is not None:  # a resumed run keeps its values; arguments added later it ran without (None)
+            defaults.update({k: previous.get(k) for k in defaults if k in previous or k in ADDED_LATER})
         self.network_kwargs = {**defaults, **self.network_kwargs,
                                **self.label_kwargs(bool(self.label_manager.has_regions))}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = {

