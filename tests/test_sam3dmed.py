@@ -66,9 +66,9 @@ def test_folded_kernel_equals_upsampling_then_inflated_16x16_kernel(stride):
     upsampling of the patch followed by the inflated 16x16 kernel at stride (kd, 16, 16)."""
     torch.manual_seed(2)
     w2d, bias = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    sd, sh, sw = stride
     ours = InflatedPatchEmbed3d(6, stride).double()
     ours.load_inflated_kernel(inflate_conv2d_to_3d(w2d, sd), bias)
-    sd, sh, sw = stride
     x = torch.randn(2, 3, 3 * sd, 4 * sh, 5 * sw, dtype=torch.float64)
     up = F.interpolate(x, scale_factor=(1, 16 // sh, 16 // sw), mode="trilinear", align_corners=False)
     reference = F.conv3d(up, inflate_conv2d_to_3d(w2d, sd), bias, stride=(sd, 16, 16)).permute(0, 2, 3, 4, 1)
