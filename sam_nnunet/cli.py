@@ -219,11 +219,12 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end to end through the stock nnU-Net CLI: data, plan, train, predict, evaluate")
     p.add_argument("--work-dir", default="demo_output")
     p.add_argument("--msd", default=None, help="a Medical Segmentation Decathlon Task folder (default: synthetic)")
-    p.add_argument("--trainer", default="ZAP25DSAMTrainer")
+    p.add_argument("--trainer", default="SAMAdapterTrainer",
+                   help="default SAMAdapterTrainer (tiny random encoder); ZAP25DSAMTrainer trains on LiteMedSAM's weights")
     p.add_argument("--tiny-encoder", action="store_true",
                    help="a tiny random-weight encoder instead of LiteMedSAM's weights (a smoke run of the pipeline)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's, 4)")
-    p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (default: 40)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's, 6)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (default: 25)")
     p.add_argument("--seed", type=int, default=0, help="nnUNet_SAM_seed of the training (-1: unseeded)")
     p.set_defaults(func=_cmd_demo)
 
