@@ -89,8 +89,7 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = DEMO_
     env = dict(os.environ)
     env.update(required_environment(work_dir))
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
-    # seeded: augmentation in the training process, where the seed reaches it (nnU-Net's workers draw unseeded)
-    env.setdefault("nnUNet_n_proc_DA", "0" if seed is not None else str(min(4, os.cpu_count() or 1)))
+    env.setdefault("nnUNet_n_proc_DA", str(min(4, os.cpu_count() or 1)))
     env.setdefault("nnUNet_SAM_num_epochs", str(epochs))
     env.setdefault("nnUNet_SAM_iterations_per_epoch", str(iterations))
     if seed is not None:
@@ -129,7 +128,10 @@ def run_demo(work_dir: str, msd_task: Optional[str] = None, trainer: str = DEMO_
 
     run_command(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
                  "--verify_dataset_integrity"], env)
-    run_command(["nnUNetv2_train", dataset_id, "3d_fullres", str(fold), "-tr", trainer, "-device", device], env)
+    # seeded: the training's augmentation in its own process, where the seed reaches it (nnU-Net's workers draw
+    # unseeded); only there: nnU-Net's planner takes nnUNet_n_proc_DA as its torch thread count
+    train_env = dict(env, nnUNet_n_proc_DA="0") if seed is not None else env
+    run_command(["nnUNetv2_train", dataset_id, "3d_fullres", str(fold), "-tr", trainer, "-device", device], train_env)
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", dataset_id,
                  "-c", "3d_fullres", "-tr", trainer, "-f", str(fold), "-device", device, "-npp", "1", "-nps", "1"], env)
     labels_ts = os.path.join(raw, "labelsTs")

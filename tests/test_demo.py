@@ -18,25 +18,30 @@ def first_command(monkeypatch, tmp_path):
         monkeypatch.delenv(key, raising=False)
     seen = {}
 
-    def fake(command, env, *args, **kwargs):
-        seen.update(command=command, env=env)
-        raise _Stop
+    def fake(command, env, *args, **kwargs):  # the first command (planning) passes, the training stops the demo
+        seen.setdefault("command", command)
+        seen.setdefault("env", env)
+        if command[0] == "nnUNetv2_train":
+            seen["train_env"] = env
+            raise _Stop
 
     monkeypatch.setattr(demo, "run_command", fake)
 
     def run(**kwargs):
+        seen.clear()
         with pytest.raises(_Stop):
             demo.run_demo(str(tmp_path / f"work{len(list(tmp_path.iterdir()))}"), **kwargs)
-        return seen["command"], seen["env"]
+        return seen["command"], seen["env"], seen["train_env"]
     return run
 
 
 def test_zap_trains_on_litemedsam_seeded(first_command):
-    command, env = first_command(trainer="ZAP25DSAMTrainer")
+    command, env, train_env = first_command(trainer="ZAP25DSAMTrainer")
     assert command[0] == "nnUNetv2_plan_and_preprocess"
     assert env["nnUNet_SAM_encoder"] == "litemedsam" and "nnUNet_SAM_allow_random_init" not in env
     assert env["nnUNet_SAM_seed"] == "0" and env["nnUNet_SAM_cache_copies"] == str(demo.DEMO_CACHE_COPIES)
-    assert env["nnUNet_n_proc_DA"] == "0"  # augmentation where the seed reaches it
+    # augmentation where the seed reaches it; not for planning, where nnU-Net takes it as its torch thread count
+    assert train_env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_n_proc_DA"] != "0"
     assert (env["nnUNet_SAM_num_epochs"], env["nnUNet_SAM_iterations_per_epoch"]) == \
         (str(demo.DEMO_EPOCHS), str(demo.DEMO_ITERATIONS))
 
@@ -45,13 +50,13 @@ def test_zap_trains_on_litemedsam_seeded(first_command):
                                              ({}, "vit_test"),  # the default trainer, SAMAdapterTrainer
                                              ({"trainer": "SAM2_3dMedTrainer"}, "sam2_test")])
 def test_tiny_random_encoder_when_asked_or_where_litemedsam_does_not_fit(first_command, kwargs, encoder):
-    _, env = first_command(**kwargs)
+    _, env, _ = first_command(**kwargs)
     assert env["nnUNet_SAM_encoder"] == encoder and env["nnUNet_SAM_allow_random_init"] == "1"
 
 
 def test_unseeded_on_request_and_a_users_checkpoint_wins(first_command, monkeypatch):
-    _, env = first_command(seed=None)
-    assert "nnUNet_SAM_seed" not in env and env["nnUNet_n_proc_DA"] != "0"
+    _, env, train_env = first_command(seed=None)
+    assert "nnUNet_SAM_seed" not in env and train_env["nnUNet_n_proc_DA"] != "0"
     monkeypatch.setenv("nnUNet_SAM_checkpoint", "/weights/sam_vit_b_01ec64.pth")
-    _, env = first_command()
+    _, env, _ = first_command()
     assert "nnUNet_SAM_encoder" not in env and "nnUNet_SAM_allow_random_init" not in env
