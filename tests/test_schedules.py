@@ -17,6 +17,9 @@ def test_nnunet_finds_the_schedules(name, parent, epochs):
     cls = recursive_find_trainer_class_by_name(name)
     assert cls is not None and issubclass(cls, parent) and cls.epochs == epochs
     assert cls.network_class == parent.network_class
+    # our tools find them as nnU-Net does (the demo's encoder, the learning curve's prompted rows)
+    assert find_trainer_class(name) is cls and get_trainer_class(name) is cls
+    assert is_prompted(name) == is_prompted(parent.__name__)
 
 
 def test_epochs_set_and_the_short_run_variables_still_win(synthetic_dataset, sam_env, tmp_path):

@@ -4,6 +4,9 @@ from typing import Dict, Optional
 
 import sam_nnunet.trainers as trainers
 import sam_nnunet.trainers.scales as scales
+import sam_nnunet.trainers.schedules as schedules
+
+VARIANT_MODULES = (scales, schedules)  # variants found by name, not listed in the registry
 
 
 def trainer_classes() -> Dict[str, type]:
@@ -12,9 +15,13 @@ def trainer_classes() -> Dict[str, type]:
 
 
 def find_trainer_class(name: str) -> Optional[type]:
-    """A sam-nnunet trainer class by name, scale variants (``trainers.scales``, not in the registry) included; None
-    for any other name."""
-    return trainer_classes().get(name) or (getattr(scales, name) if name in scales.__all__ else None)
+    """A sam-nnunet trainer class by name, the scale, schedule and recipe variants (``trainers.scales``,
+    ``trainers.schedules``; not in the registry) included; None for any other name."""
+    found = trainer_classes().get(name)
+    for module in VARIANT_MODULES:
+        if found is None and name in module.__all__:
+            found = getattr(module, name)
+    return found
 
 
 def get_trainer_class(name: str) -> type:
