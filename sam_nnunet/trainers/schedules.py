@@ -16,7 +16,6 @@ default changes only once scripts/recipe_ablation.py has measured the two on val
 """
 import torch
 
-from sam_nnunet.encoders.registry import get_encoder
 from sam_nnunet.trainers.sam2_3dmed import SAM2_3dMedTrainer
 from sam_nnunet.trainers.zap25d import ZAP25DSAMTrainer
 from sam_nnunet.trainers.zap25d_prompted import ZAP25DSAMTrainer_prompted
@@ -39,10 +38,7 @@ class _PaperRecipe:
     lr_schedule = "linear"
     lr_warmup = 0.0
     lr_end_factor = 0.1
-
-    @classmethod
-    def encoder_kwargs(cls, encoder: str):
-        return {**super().encoder_kwargs(encoder), "mask_token_source": None}
+    outputs_from_trained_token = False
 
 
 class _BudgetRecipe:
@@ -52,11 +48,7 @@ class _BudgetRecipe:
     lr_schedule = "warmup_cosine"
     lr_warmup = 0.05
     lr_end_factor = 0.01
-
-    @classmethod
-    def encoder_kwargs(cls, encoder: str):
-        return {**super().encoder_kwargs(encoder),
-                "mask_token_source": None if get_encoder(encoder).family == "sam_vit" else 0}
+    outputs_from_trained_token = True
 
 
 class ZAP25DSAMTrainer_paper(_PaperRecipe, ZAP25DSAMTrainer):

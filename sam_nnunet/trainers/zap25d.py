@@ -23,6 +23,7 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
     sam_initial_lr = 1e-4
     sam_weight_decay = 1e-5
     lr_end_factor = 0.1
+    outputs_from_trained_token = False  # the published start: output i from SAM's mask token i
     cuda_autocast_memory_factor = 1.0  # H100: peak 1.2x the estimate (cuDNN workspace?): no autocast discount
     sam_oversample_foreground_percent = 0.95  # the public code's crops: RandCropByPosNegLabeld pos 0.95, neg 0.05
 
@@ -32,7 +33,10 @@ class ZAP25DSAMTrainer(EmbeddingCacheMixin, SAMTrainerBase):
         # per 4 voxels); x2 for LiteMedSAM, whose 4-pixel tokens give one token per voxel at x4, 16x the paper's
         # density: x2 costs a quarter of the decoder's work and scored higher at equal iterations
         # (documentation/zap25dsam.md, "In-plane scale"). -tr ..._upsample4 / _upsample2 choose one explicitly.
-        return {"upsample": 2 if encoder == LITEMEDSAM.name else 4, "mask_token_source": None}
+        # mask_token_source: with outputs_from_trained_token, every output starts from token 0, the only one
+        # LiteMedSAM / MedSAM trained (box-prompted, single mask); SAM ViT keeps the published token i for output i
+        trained_token = cls.outputs_from_trained_token and get_encoder(encoder).family != "sam_vit"
+        return {"upsample": 2 if encoder == LITEMEDSAM.name else 4, "mask_token_source": 0 if trained_token else None}
 
     @classmethod
     def maps_intensity(cls, encoder: str) -> bool:
