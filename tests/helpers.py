@@ -44,15 +44,16 @@ def write_json_atomically(path: str, data) -> None:
 COARSE_PLANS = "ZAPTestPlans"
 
 
-def write_coarse_plans(preprocessed: str, name: str = COARSE_PLANS) -> None:
-    """nnU-Net's plans with 3d_fullres at 3 mm, patch 12x20x12, batch 1, under another plans name (as a user would
-    edit plans): LiteMedSAM's encoder costs ~75 GFLOP per 256x256 pseudo-slice on a CPU; a hippocampus case at 3 mm
-    is ~12x17x12 voxels, one tile."""
+def write_coarse_plans(preprocessed: str, name: str = COARSE_PLANS, spacing=(3.0, 3.0, 3.0),
+                       patch_size=(12, 20, 12), batch_size: int = 1) -> None:
+    """nnU-Net's plans with a coarser 3d_fullres under another plans name (as a user would edit plans); by default
+    3 mm, patch 12x20x12, batch 1: LiteMedSAM's encoder costs ~75 GFLOP per 256x256 pseudo-slice on a CPU; a
+    hippocampus case at 3 mm is ~12x17x12 voxels, one tile."""
     with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
         plans = json.load(f)
     plans["plans_name"] = name
     plans["configurations"]["3d_fullres"].update(
-        {"spacing": [3.0, 3.0, 3.0], "patch_size": [12, 20, 12], "batch_size": 1,
+        {"spacing": list(spacing), "patch_size": list(patch_size), "batch_size": batch_size,
          "data_identifier": f"{name}_3d_fullres"})
     write_json_atomically(os.path.join(preprocessed, name + ".json"), plans)
 

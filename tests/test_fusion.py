@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import exclusive, run_cli, write_json_atomically
+from helpers import exclusive, run_cli, write_coarse_plans
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from sam_nnunet.networks.fusion import SAMFusionNetwork, default_fusion_stage
@@ -160,13 +160,8 @@ def _small_plans(cli_dataset) -> str:
     done = os.path.join(cli_dataset["shared"], SMALL_PLANS + ".done")
     with exclusive(done + ".lock"):
         if not os.path.isfile(done):
-            with open(os.path.join(preprocessed, "nnUNetPlans.json")) as f:
-                plans = json.load(f)
-            plans["plans_name"] = SMALL_PLANS
-            plans["configurations"]["3d_fullres"].update(
-                {"spacing": [2.5, 2.5, 2.5], "patch_size": [16, 24, 16], "batch_size": 2,
-                 "data_identifier": f"{SMALL_PLANS}_3d_fullres"})
-            write_json_atomically(os.path.join(preprocessed, SMALL_PLANS + ".json"), plans)
+            write_coarse_plans(preprocessed, SMALL_PLANS, spacing=(2.5, 2.5, 2.5), patch_size=(16, 24, 16),
+                               batch_size=2)
             run_cli(["nnUNetv2_preprocess", "-d", cli_dataset["dataset_id"], "-plans_name", SMALL_PLANS, "-c",
                      "3d_fullres", "-np", 2], env)
             open(done, "w").close()
