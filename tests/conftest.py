@@ -24,6 +24,20 @@ for _var in ("nnUNet_SAM_checkpoint", "nnUNet_SAM_encoder", "nnUNet_SAM_allow_ra
 # test_memory_check.py (whose fixture removes this), skipped by every other training of the suite
 SKIP_MEMORY_CHECK = {"nnUNet_SAM_skip_memory_check": "1"}
 os.environ.update(SKIP_MEMORY_CHECK)
+
+
+def synthetic_curve_source(tmp_path):
+    """(raw folder, source dataset, environment) of the learning-curve end-to-end tests: 8 synthetic training cases
+    and 2 test cases (dataset 990), the SAM settings of this shell dropped, the memory check skipped (the tool passes
+    it on), in-process augmentation (no worker start-ups in trainings of seconds)."""
+    from sam_nnunet.demo import make_synthetic_dataset
+    from sam_nnunet.nnunet_env import required_environment
+
+    raw = tmp_path / "raw"
+    source = make_synthetic_dataset(str(raw), 990, num_train=8, num_test=2, seed=3)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
+    env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
+    return raw, source, env
 # float32 prediction on every CPU, so that the suite's figures do not depend on the CPU's bfloat16 support (the
 # choice itself: test_precision.py)
 os.environ["nnUNet_SAM_cpu_bf16"] = "0"

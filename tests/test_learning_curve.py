@@ -14,11 +14,9 @@ import sys
 import time
 
 import pytest
-from conftest import SKIP_MEMORY_CHECK
+from conftest import synthetic_curve_source
 
-from sam_nnunet.demo import make_synthetic_dataset
 from sam_nnunet.evaluation.learning_curve import BASELINE, CurveSettings, cache_variant, run_key, same_reading
-from sam_nnunet.nnunet_env import required_environment
 from sam_nnunet.trainers.budget import RECORD_FILE, WITH_SETUP_CHECKPOINT
 from sam_nnunet.trainers.short_run import nnUNetTrainerShortRun
 
@@ -106,12 +104,8 @@ def test_a_cache_setting_is_another_run_of_the_sam_trainers_only():
 
 @pytest.mark.slow
 def test_learning_curve_end_to_end_and_resume(tmp_path):
-    raw = tmp_path / "raw"
-    source = make_synthetic_dataset(str(raw), 990, num_train=8, num_test=2, seed=3)
     # the memory check's skip is passed on by the tool (the ZAP step's trace would cost ~20 s per run here)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
-    # in-process augmentation: no worker start-ups (~10 s each) in trainings of 2 seconds; planning still runs
-    env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
+    raw, source, env = synthetic_curve_source(tmp_path)
     out = tmp_path / "doc" / "learning_curve.json"
     args = [990, "--test-folder", source, "--sizes", 3, 6, "--trainers", "nnUNetTrainerShortRun",
             "ZAP25DSAMTrainer:vit_test", "--budget", 2, "--allow-random-init", "--disable-tta", "--cache-copies", 1,

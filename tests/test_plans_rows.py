@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SKIP_MEMORY_CHECK
+from conftest import synthetic_curve_source
 
 import sam_nnunet.evaluation.benchmark as benchmark
 import sam_nnunet.evaluation.learning_curve as lc
@@ -200,13 +200,7 @@ def test_benchmark_rows_on_other_plans(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_learning_curve_with_a_resenc_m_row_at_a_coarser_spacing(tmp_path):
-    from sam_nnunet.demo import make_synthetic_dataset
-    from sam_nnunet.nnunet_env import required_environment
-
-    raw = tmp_path / "raw"
-    source = make_synthetic_dataset(str(raw), 990, num_train=8, num_test=2, seed=3)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("nnUNet_SAM_")}, **SKIP_MEMORY_CHECK}
-    env.update(required_environment(), nnUNet_raw=str(raw), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0")
+    raw, source, env = synthetic_curve_source(tmp_path)
     out = tmp_path / "lc.json"
     args = ["990", "--test-folder", source, "--sizes", "4", "--trainers", BASELINE,
             f"{BASELINE}@nnUNetResEncUNetMPlans", "--budget", "2", "--target-spacing", "2", "2", "2",
